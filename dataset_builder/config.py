@@ -1,0 +1,203 @@
+"""Builder configuration: dataclasses per stage, loaded from YAML or JSON with unknown keys rejected by name."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or key that the builder cannot use; the message names the file and key."""
+
+
+@dataclass
+class DecodeConfig:
+    max_pixels: int = 40_000_000      # refuse before decoding (decompression bombs)
+    min_side: int = 64                # shorter side, after EXIF rotation
+    max_aspect: float = 3.0           # long side / short side
+    max_side: int = 1024              # larger images are downscaled (LANCZOS) before storage
+    jpeg_quality: int = 95
+
+
+@dataclass
+class GroupConfig:
+    min_cluster_size: int | None = None   # default: K + 1
+    max_cluster_size: int = 64            # pages with more images are galleries/catalogues, not one subject
+    boilerplate_min_pages: int = 5        # an image on this many distinct pages is a logo/icon/banner
+    merge_http_https: bool = True
+    strip_www: bool = True
+
+
+@dataclass
+class CoherenceConfig:
+    min_member_similarity: float = 0.6    # cosine to the cluster centroid
+    min_mean_similarity: float = 0.7      # mean pairwise cosine of the kept members
+    min_image_text_score: float | None = None  # CLIP image-alt text cosine; None = off (alt text is often absent)
+
+
+@dataclass
+class DedupeConfig:
+    threshold: float = 0.95               # cosine at or above which two images are near-duplicates
+    cross_corpus: bool = True
+    cell_size: int = 20_000               # records per coarse cell in the corpus-wide pass (memory bound)
+    second_cell_margin: float = 0.05      # also search the second-nearest cell when this close (boundary recall)
+    sample_size: int = 50_000             # embeddings used to place the coarse cells
+
+
+@dataclass
+class CaptionConfig:
+    mode: str = "alt"                     # alt | recaption | auto (recaption when the alt text is short)
+    min_alt_words: int = 3                # for auto
+    model: str | None = None              # HF name or folder of an image-to-text model
+    factory: str | None = None            # "module:function" returning a callable list[PIL] -> list[str]
+    kwargs: dict = field(default_factory=dict)
+    device: str = "cpu"
+    batch_size: int = 8
+    max_new_tokens: int = 30
+
+
+@dataclass
+class PromptConfig:
+    generator: str = "templates"          # templates | text-generation | factory
+    per_cluster: int = 8
+    skills: list[str] = field(default_factory=lambda: [
+        "recontextualization", "stylization", "property_change", "accessorization", "new_view"])
+    model: str | None = None              # for text-generation: HF name or folder
+    factory: str | None = None
+    kwargs: dict = field(default_factory=dict)
+    device: str = "cpu"
+    max_new_tokens: int = 48
+
+
+@dataclass
+class ExpertConfig:
+    type: str = "held_out"                # held_out | dreambooth | factory
+    factory: str | None = None
+    kwargs: dict = field(default_factory=dict)   # passed to the expert's constructor
+    min_clip_t: float = 0.2               # target image vs its prompt
+    min_clip_i: float = 0.7               # target image vs the mean exemplar embedding
+
+
+@dataclass
+class EmbedderConfig:
+    model: str | None = None              # open_clip name ("ViT-B-32") or "local-dir:/path"
+    pretrained: str | None = None
+    factory: str | None = None            # "module:function" returning an Embedder-like object
+    kwargs: dict = field(default_factory=dict)
+    device: str = "cpu"
+    batch_size: int = 64
+
+
+@dataclass
+class ReportConfig:
+    contact_sheet_clusters: int = 40
+    contact_sheet_rejected: int = 20
+    thumb_size: int = 96
+
+
+@dataclass
+class BuilderConfig:
+    inputs: list[dict] = field(default_factory=list)
+    output_dir: str = "icl_dataset"
+    k: int = 3                            # exemplars per training example
+    records_per_partition: int = 10_000   # the memory bound: records held at once by the local backend
+    run_size: int = 10_000                # records buffered before an ingest run is written
+    seed: int = 0
+    keep_intermediate: bool = False
+    backend: str = "local"
+    progress: bool = True
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    group: GroupConfig = field(default_factory=GroupConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    coherence: CoherenceConfig = field(default_factory=CoherenceConfig)
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    @property
+    def min_cluster_size(self) -> int:
+        return self.group.min_cluster_size if self.group.min_cluster_size is not None else self.k + 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the output (not backend, progress or keep_intermediate)."""
+        d = self.to_dict()
+        for k in ("backend", "progress", "keep_intermediate", "output_dir"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict, where: str = "config") -> BuilderConfig:
+    cfg = _build(BuilderConfig, data, where)
+    if cfg.k < 1:
+        raise ConfigError(f"{where}.k must be >= 1, got {cfg.k}")
+    if cfg.min_cluster_size < cfg.k + 1:
+        raise ConfigError(f"{where}.group.min_cluster_size must be >= k+1 = {cfg.k + 1}")
+    if cfg.records_per_partition < 1 or cfg.run_size < 1:
+        raise ConfigError(f"{where}: records_per_partition and run_size must be >= 1")
+    if cfg.captions.mode not in ("alt", "recaption", "auto"):
+        raise ConfigError(f"{where}.captions.mode must be alt, recaption or auto, got {cfg.captions.mode!r}")
+    if cfg.backend not in ("local", "ray"):
+        raise ConfigError(f"{where}.backend must be local or ray, got {cfg.backend!r}")
+    if not isinstance(cfg.inputs, list):
+        raise ConfigError(f"{where}.inputs must be a list of input specs")
+    return cfg
+
+
+def load_config(path: str | Path) -> BuilderConfig:
+    """Read a YAML (.yaml/.yml) or JSON config. Relative input paths resolve against the config's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise ConfigError(f"cannot parse config {path}: {e}") from e
+    if data is None:
+        data = {}
+    base = path.resolve().parent
+    for spec in data.get("inputs", []) or []:
+        if isinstance(spec, dict):
+            for key in ("path", "paths", "image_root"):
+                if key in spec:
+                    spec[key] = _resolve(spec[key], base)
+    if "output_dir" in data:
+        data["output_dir"] = str(_resolve(data["output_dir"], base))
+    return config_from_dict(data, where=str(path))
+
+
+def _resolve(value, base: Path):
+    if isinstance(value, list):
+        return [_resolve(v, base) for v in value]
+    p = Path(str(value)).expanduser()
+    return str(p if p.is_absolute() else base / p)

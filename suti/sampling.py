@@ -1,0 +1,157 @@
+"""Samplers as plain functions over a denoiser, plus guidance and thresholding.
+
+A *denoiser* is any callable ``denoise(x_t, t, step) -> x0_hat`` where ``t`` is a (B,) tensor of
+continuous times in [0, 1] and ``step`` the sampler's step index (interleaved guidance uses it).
+Samplers walk t from 1 to 0 on the cosine log-SNR schedule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .diffusion import alpha_sigma, cosine_logsnr
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- thresholding
+def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
+    """Imagen: s = max(1, quantile(|x0|, p)) per sample; clip x0 to [-s, s] and divide by s."""
+    s = torch.quantile(x0.detach().abs().flatten(1).float(), percentile, dim=1).clamp(min=1.0)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def apply_threshold(x0: torch.Tensor, mode: str | None, percentile: float = 0.995) -> torch.Tensor:
+    if mode in (None, "none"):
+        return x0
+    if mode == "static":
+        return x0.clamp(-1.0, 1.0)
+    if mode == "dynamic":
+        return dynamic_threshold(x0, percentile)
+    raise ValueError(f"threshold must be 'dynamic', 'static' or 'none', got {mode!r}")
+
+
+# ----------------------------------------------------------------------------- guidance
+GUIDANCE_MODES = ("none", "text", "context", "joint", "interleaved")
+
+
+@dataclass
+class Guidance:
+    """Classifier-free guidance. Branch names: ``full`` (text+context), ``no_text`` (context only),
+    ``no_context`` (text only), ``uncond`` (neither).
+
+    - ``text``:  x(c_p, c_n) vs x(c_n)       -- text guidance (Re-Imagen); plain CFG when no context
+    - ``context``: x(c_p, c_n) vs x(c_p)     -- context guidance
+    - ``joint``: x(c_p, c_n) vs x(none)      -- both dropped together
+    - ``interleaved``: text guidance on a ``text_ratio`` fraction of steps, context guidance on the rest
+    """
+
+    scale: float = 5.0
+    mode: str = "text"
+    context_scale: float | None = None
+    text_ratio: float = 0.5
+
+    def __post_init__(self):
+        if self.mode not in GUIDANCE_MODES:
+            raise ValueError(f"guidance mode must be one of {GUIDANCE_MODES}, got {self.mode!r}")
+        if not 0.0 <= self.text_ratio <= 1.0:
+            raise ValueError(f"guidance text_ratio must be in [0, 1], got {self.text_ratio}")
+
+    def plan(self, step: int, has_context: bool) -> tuple[str | None, float]:
+        """(reference branch, weight) for this step; reference None means no guidance."""
+        if self.mode == "none" or self.scale == 1.0:
+            return None, 1.0
+        if not has_context:
+            return "uncond", self.scale  # plain text-to-image classifier-free guidance
+        ctx_scale = self.scale if self.context_scale is None else self.context_scale
+        if self.mode == "text":
+            return "no_text", self.scale
+        if self.mode == "context":
+            return "no_context", ctx_scale
+        if self.mode == "joint":
+            return "uncond", self.scale
+        # Interleaved: spread the text-guided steps evenly (Bresenham) so the ratio holds at any step count.
+        text_step = int((step + 1) * self.text_ratio) > int(step * self.text_ratio)
+        return ("no_text", self.scale) if text_step else ("no_context", ctx_scale)
+
+
+def guided_denoiser(branches: Callable[[torch.Tensor, torch.Tensor, list[str]], list[torch.Tensor]],
+                    guidance: Guidance, has_context: bool) -> Denoiser:
+    """Turn ``branches(x, t, names) -> [x0 per branch]`` (one batched model call) into a guided denoiser."""
+
+    def denoise(x, t, step):
+        ref, w = guidance.plan(step, has_context)
+        if ref is None:
+            return branches(x, t, ["full"])[0]
+        cond, base = branches(x, t, ["full", ref])
+        return base + w * (cond - base)
+
+    return denoise
+
+
+# ----------------------------------------------------------------------------- samplers
+def time_grid(steps: int, device=None) -> torch.Tensor:
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return torch.linspace(1.0, 0.0, steps + 1, device=device)
+
+
+def _step(x, x0, t, s, logsnr_fn, eta: float, generator):
+    """One DDIM(eta) step from time t to s < t. eta=1 is DDPM ancestral sampling."""
+    lt, ls = logsnr_fn(t), logsnr_fn(s)
+    at, st = alpha_sigma(lt)
+    as_, ss = alpha_sigma(ls)
+    b = lambda v: v.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)  # noqa: E731
+    eps = (x - b(at) * x0) / b(st)
+    # Posterior variance of q(x_s | x_t, x0) is sigma_s^2 (1 - SNR_t / SNR_s).
+    c2 = (eta**2) * ss**2 * (1.0 - torch.exp(lt - ls))
+    c2 = c2.clamp(min=0.0)
+    mean = b(as_) * x0 + b((ss**2 - c2).clamp(min=0.0).sqrt()) * eps
+    if eta == 0.0:
+        return mean
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return mean + b(c2.sqrt()) * noise
+
+
+def ddim_sample(denoise: Denoiser, x_T: torch.Tensor, steps: int = 50, eta: float = 0.0, *,
+                threshold: str | None = "dynamic", percentile: float = 0.995, logsnr_min: float = -20.0,
+                logsnr_max: float = 20.0, generator: torch.Generator | None = None, progress=None,
+                callback: Callable | None = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021) from x_T ~ N(0, I). eta=0 is deterministic."""
+    logsnr_fn = lambda tt: cosine_logsnr(tt, logsnr_min, logsnr_max)  # noqa: E731
+    ts = time_grid(steps, x_T.device)
+    x = x_T
+    it = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=progress if isinstance(progress, str) else "sampling", leave=False)
+    for i in it:
+        t = ts[i].expand(x.shape[0])
+        s = ts[i + 1].expand(x.shape[0])
+        x0 = apply_threshold(denoise(x, t, i), threshold, percentile)
+        if i == steps - 1:
+            x = x0  # t -> 0: return the (thresholded) prediction itself
+        else:
+            x = _step(x, x0, t, s, logsnr_fn, eta, generator)
+        if callback is not None:
+            callback(i, x, x0)
+    return x
+
+
+def ddpm_sample(denoise: Denoiser, x_T: torch.Tensor, steps: int = 250, **kw) -> torch.Tensor:
+    """Ancestral sampling from the DDPM posterior q(x_s | x_t, x0_hat)."""
+    kw.pop("eta", None)
+    return ddim_sample(denoise, x_T, steps, eta=1.0, **kw)
+
+
+SAMPLERS = {"ddim": ddim_sample, "ddpm": ddpm_sample}
+
+
+def get_sampler(name: str):
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
