@@ -75,6 +75,7 @@ class Member:
     image_text_score: float | None = None
     centroid_similarity: float | None = None
     caption: str | None = None
+    row: int | None = None  # position in its partition's cluster file (the corpus-wide dedupe's id)
 
     def meta(self) -> dict:
         m = self.record.meta()
@@ -127,6 +128,7 @@ class Target:
     clip_i: float | None = None
     kept: bool | None = None
     reject_reason: str | None = None
+    jpeg: bytes | None = None  # set once by the CLIP filter; the shard writer stores these bytes
 
 
 @dataclass

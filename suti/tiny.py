@@ -15,9 +15,11 @@ import atexit
 import hashlib
 import inspect
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections import Counter
 from itertools import product
 from pathlib import Path
 from typing import Iterable
@@ -114,8 +116,15 @@ def _cache_root() -> Path:
     return _CACHE_ROOT
 
 
-def _cached_build(kind: str, folder, args: dict, build) -> Path:
+def _cached_build(kind: str, folder, args: dict, build, cache: bool = True) -> Path:
     """Build into a per-process cache keyed by `args`, then copy to `folder` if one is given."""
+    if not cache:
+        if folder is None:
+            raise ValueError("cache=False needs a folder to build into")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        build(folder)
+        return folder
     key = hashlib.sha1(json.dumps([kind, args], sort_keys=True).encode()).hexdigest()[:16]
     cached = _cache_root() / f"{kind}-{key}"
     if not (cached / ".done").exists():
@@ -148,26 +157,62 @@ def _corpus(extra: Iterable[str] | None) -> list[str]:
 # ---------------------------------------------------------------- T5
 
 
-def _train_unigram(lines: list[str], vocab_size: int):
-    """Train a SentencePiece-style Unigram model; returns [(piece, score)] with T5's special ids."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+def _train_unigram(lines: list[str], vocab_size: int, max_piece_len: int = 16,
+                   rounds: int = 6) -> list[tuple[str, float]]:
+    """Train a SentencePiece-style Unigram vocabulary by hard EM; returns [(piece, log_prob)].
 
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "</s>", "<unk>"],  # T5 convention: pad 0, eos 1, unk 2
-        unk_token="<unk>",
-        initial_alphabet=_ALPHABET,
-        show_progress=False,
-    )
-    tok.train_from_iterator(lines, trainer=trainer)
-    vocab = json.loads(tok.to_str())["model"]["vocab"]
-    pieces = [(str(p), float(s)) for p, s in vocab]
-    if [p for p, _ in pieces[:3]] != ["<pad>", "</s>", "<unk>"]:
-        raise RuntimeError(f"unexpected special-token order in trained vocab: {pieces[:3]}")
-    return pieces
+    Written here rather than using `tokenizers.trainers.UnigramTrainer` because that trainer's
+    scores (and WordPiece's merges) depend on Rust hash-map order, so two runs differ; this
+    one is deterministic. Ids follow T5: <pad> 0, </s> 1, <unk> 2.
+    """
+    # No normaliser: transformers' T5 tokenizer keeps only a SentencePiece charsmap one, so
+    # training on raw text keeps the saved and reloaded tokenizers identical.
+    words = Counter("▁" + w for line in lines for w in line.split())
+    chars = sorted({c for w in words for c in w} | set(_ALPHABET))
+    # Seed: every in-word substring seen at least twice, ranked by coverage (freq * length).
+    sub: Counter = Counter()
+    for w, n in words.items():
+        for i in range(len(w)):
+            for j in range(i + 2, min(len(w), i + max_piece_len) + 1):
+                sub[w[i:j]] += n
+    seeds = sorted((s for s, c in sub.items() if c >= 2), key=lambda s: (-sub[s] * len(s), s))
+    counts = {s: float(sub[s]) for s in seeds[: 8 * vocab_size]}
+    target = max(vocab_size - 3 - len(chars), 0)
+
+    def log_probs(cnt):
+        total = sum(cnt.values()) + len(chars)
+        lp = {s: math.log(c / total) for s, c in cnt.items() if c > 0}
+        for c in chars:  # every character stays reachable, so no word ever needs <unk>
+            lp[c] = math.log((cnt.get(c, 0.0) + 1.0) / total)
+        return lp
+
+    def viterbi(word, lp):
+        best = [(0.0, 0)] + [(-math.inf, 0)] * len(word)
+        for end in range(1, len(word) + 1):
+            for start in range(max(0, end - max_piece_len), end):
+                score = lp.get(word[start:end])
+                if score is not None and best[start][0] + score > best[end][0]:
+                    best[end] = (best[start][0] + score, start)
+        pieces, end = [], len(word)
+        while end > 0:
+            start = best[end][1]
+            pieces.append(word[start:end])
+            end = start
+        return pieces
+
+    for r in range(rounds):
+        lp = log_probs(counts)
+        new: Counter = Counter()
+        for w, n in sorted(words.items()):
+            for piece in viterbi(w, lp):
+                new[piece] += n
+        multi = sorted((s for s in new if len(s) > 1), key=lambda s: (-new[s], s))
+        keep = target if r == rounds - 1 else max(target, int(len(multi) * 0.8))
+        counts = {s: float(new[s]) for s in multi[:keep]}
+        counts.update({c: float(new.get(c, 0)) for c in chars})
+    lp = log_probs({s: c for s, c in counts.items() if len(s) > 1})
+    ranked = sorted(lp.items(), key=lambda kv: (-round(kv[1], 6), kv[0]))
+    return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(s, round(v, 6)) for s, v in ranked]
 
 
 def _t5_tokenizer(pieces, folder: Path):
@@ -178,11 +223,12 @@ def _t5_tokenizer(pieces, folder: Path):
     if "vocab" in inspect.signature(T5TokenizerFast.__init__).parameters:  # transformers >= 5
         return T5TokenizerFast(vocab=pieces, **kwargs)
     # transformers 4.x: build the backend ourselves and hand it over as a tokenizer.json file.
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     backend = Tokenizer(models.Unigram(pieces, unk_id=2))
-    backend.normalizer = normalizers.NFKC()
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     backend.post_processor = processors.TemplateProcessing(
         single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)])
@@ -196,11 +242,12 @@ def _t5_tokenizer(pieces, folder: Path):
 
 def build_tiny_t5(folder=None, d_model: int = 64, layers: int = 2, heads: int = 4,
                   vocab_size: int = 1000, d_ff: int | None = None,
-                  corpus: Iterable[str] | None = None, seed: int = 0) -> Path:
+                  corpus: Iterable[str] | None = None, seed: int = 0, cache: bool = True) -> Path:
     """Build a tiny T5 encoder + tokenizer folder (T5EncoderModel, T5TokenizerFast).
 
     `folder=None` returns a per-process cached folder (do not modify it); otherwise the files
-    are written to `folder`. Same arguments -> identical tensors and vocabulary.
+    are copied to `folder` (`cache=False`: built there from scratch). Same arguments ->
+    identical tensors and vocabulary.
     """
     if d_model % heads:
         raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
@@ -225,26 +272,37 @@ def build_tiny_t5(folder=None, d_model: int = 64, layers: int = 2, heads: int = 
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
-    return _cached_build("t5", folder, args, build)
+    return _cached_build("t5", folder, args, build, cache)
 
 
 # ---------------------------------------------------------------- BERT
 
 
 def _train_wordpiece(lines: list[str], vocab_size: int) -> dict[str, int]:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """Deterministic WordPiece vocabulary: specials, characters, then frequent words and suffixes."""
+    from tokenizers import normalizers, pre_tokenizers
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-        initial_alphabet=[c.lower() for c in _ALPHABET],
-        show_progress=False,
-    )
-    tok.train_from_iterator(lines, trainer=trainer)
-    return dict(sorted(tok.get_vocab().items(), key=lambda kv: kv[1]))
+    norm = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for line in lines for w, _ in pre.pre_tokenize_str(norm.normalize_str(line)))
+    chars = sorted({c for w in words for c in w} | {c.lower() for c in _ALPHABET})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+    # Whole words and word-internal suffixes compete on frequency; greedy longest-match
+    # tokenisation then falls back to characters for anything unseen.
+    candidates: Counter = Counter()
+    for w, n in words.items():
+        if len(w) > 1:
+            candidates[w] += 2 * n
+        for i in range(1, len(w) - 1):
+            candidates["##" + w[i:]] += n
+    taken = set(vocab)
+    for token in sorted(candidates, key=lambda t: (-candidates[t], t)):
+        if len(vocab) >= vocab_size:
+            break
+        if token not in taken and candidates[token] >= 2:
+            vocab.append(token)
+            taken.add(token)
+    return {t: i for i, t in enumerate(vocab)}
 
 
 def _bert_tokenizer(vocab: dict[str, int], folder: Path):
@@ -259,8 +317,11 @@ def _bert_tokenizer(vocab: dict[str, int], folder: Path):
 
 def build_tiny_bert(folder=None, hidden: int = 64, layers: int = 2, heads: int = 4,
                     vocab_size: int = 1000, corpus: Iterable[str] | None = None,
-                    seed: int = 0) -> Path:
-    """Build a tiny BERT encoder + WordPiece tokenizer folder (BertModel, BertTokenizerFast)."""
+                    seed: int = 0, cache: bool = True) -> Path:
+    """Build a tiny BERT encoder + WordPiece tokenizer folder (BertModel, BertTokenizerFast).
+
+    Same folder/cache semantics as `build_tiny_t5`.
+    """
     if hidden % heads:
         raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
     lines = _corpus(corpus)
@@ -285,4 +346,4 @@ def build_tiny_bert(folder=None, hidden: int = 64, layers: int = 2, heads: int =
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
-    return _cached_build("bert", folder, args, build)
+    return _cached_build("bert", folder, args, build, cache)

@@ -1,0 +1,113 @@
+"""Decode images of any mode, size or orientation into plain RGB.
+
+Web images come as RGBA/LA/P with transparency, CMYK JPEGs, 16-bit PNGs (I;16),
+32-bit integer or float TIFFs, and phone photos with an EXIF orientation tag.
+CLIP preprocessing wants 8-bit RGB, so everything goes through `to_rgb`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageReadError
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image]
+
+# Extensions treated as images when scanning folders and webdataset shards.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+_BACKGROUND = (255, 255, 255)
+
+
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer or float single-channel images to 8-bit L."""
+    arr = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        finite = arr[np.isfinite(arr)]
+        lo = float(finite.min()) if finite.size else 0.0
+        hi = float(finite.max()) if finite.size else 0.0
+        if lo >= 0.0 and hi <= 255.0 and image.mode != "F":
+            top = 255.0
+        elif lo >= 0.0 and hi <= 65535.0 and image.mode != "F":
+            top = 65535.0  # 16-bit PNGs often decode as mode "I"
+        else:
+            # Float or unusual ranges: stretch min..max to 0..255.
+            arr = arr - lo
+            top = max(hi - lo, 1e-12)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=top, neginf=0.0)
+    arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return an 8-bit RGB copy of `image`, upright per its EXIF tag.
+
+    Transparent pixels are composited on white (not black: black backgrounds
+    change CLIP embeddings of product photos and logos noticeably).
+    """
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not lose an otherwise fine image
+        pass
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return _high_bit_depth_to_l(image).convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(source: ImageSource, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image from a path, bytes or PIL image; return RGB.
+
+    Raises ImageReadError(name-or-path, reason) for missing, truncated or
+    undecodable files, so callers can count the failure against its key.
+    """
+    label = name if name is not None else (
+        str(source) if isinstance(source, (str, os.PathLike)) else "<image bytes>"
+    )
+    if isinstance(source, Image.Image):
+        try:
+            return to_rgb(source)
+        except Exception as exc:
+            raise ImageReadError(label, f"cannot convert mode {source.mode!r} to RGB: {exc}") from exc
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageReadError(label, "empty file")
+            handle = io.BytesIO(source)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise ImageReadError(label, "file not found")
+            if path.stat().st_size == 0:
+                raise ImageReadError(label, "empty file")
+            handle = open(path, "rb")
+        with handle:
+            with warnings.catch_warnings():
+                # Large (but below PIL's hard limit) images are legitimate web content.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(handle)
+                image.load()  # force the full decode now, while we can name the file
+                return to_rgb(image)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise ImageReadError(label, reason) from exc

@@ -1,0 +1,210 @@
+"""Training configuration: nested dataclasses read from YAML/JSON, with dotted ``key=value`` overrides.
+
+See configs/train_tiny_base.yaml for an annotated example of every field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+SCHEDULES = ("constant", "cosine")
+RESUME = ("auto", "always", "never")
+
+
+@dataclass
+class StageSpec:
+    """Which stage to train. ``config`` (a full StageConfig dict) wins over ``preset``.
+    ``overrides`` are merged into the chosen config: e.g. {"unet": {"dropout": 0.1}}."""
+
+    preset: str | None = "tiny-base32"
+    config: dict | None = None
+    name: str | None = None  # stage name in the exported folder (default: "base" or "sr<size>")
+    prediction: str = "v"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class TextSpec:
+    """The frozen text encoder (HF name or folder) and/or a precomputed TextEmbeddingCache folder.
+    With a cache, training never runs the encoder (the encoder, if given, is only used for sample prompts
+    and for captions the cache lacks)."""
+
+    encoder: str | None = None
+    max_length: int = 64
+    dtype: str = "float32"
+    cache: str | None = None
+
+
+@dataclass
+class DataSpec:
+    sources: list = field(default_factory=list)  # shard paths/globs/brace patterns, or image folders
+    task: str = "text_to_image"  # or "in_context" (ICL shards; the stage gets context attention)
+    shuffle: bool = True
+    shuffle_buffer: int = 1000  # records; folders are also fully permuted each epoch
+    num_workers: int = 0
+    fit: str = "center-crop"  # or "pad"
+    max_exemplars: int = 5
+
+
+@dataclass
+class OptimSpec:
+    lr: float = 1e-4
+    betas: tuple = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000  # linear warm-up from 0
+    schedule: str = "constant"  # after warm-up: "constant" or "cosine" (down to min_lr_ratio * lr)
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class EMASpec:
+    enabled: bool = True
+    decay: float = 0.9999
+    warmup: bool = True  # decay_n = min(decay, (1+n)/(10+n))
+    export: str = "ema"  # which weights the final stage folder gets: "ema" or "raw"
+
+
+@dataclass
+class SampleSpec:
+    every: int = 0  # steps between sample grids (0: only at the end, if prompts or a held batch exist)
+    prompts: list = field(default_factory=list)  # text-to-image base stage prompts
+    num_held: int = 4  # held-out batch rows for SR (low-res input) and in-context (exemplars) grids
+    steps: int = 25
+    guidance: float = 5.0
+    guidance_mode: str = "text"
+    per_prompt: int = 1
+    seed: int = 0
+    threshold: str = "dynamic"
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/train"
+    stage: StageSpec = field(default_factory=StageSpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    ema: EMASpec = field(default_factory=EMASpec)
+    sample: SampleSpec = field(default_factory=SampleSpec)
+    init_from: str | None = None  # a stage folder; for in_context a text-to-image stage is converted
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum: int = 1
+    steps: int = 10000
+    clip_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    seed: int = 0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    resume: str = "auto"  # auto: resume if the run folder has a checkpoint; always: require one; never
+    export_dir: str | None = None  # default: <output_dir>/stage
+    cpu: bool = False  # force CPU even when CUDA is available
+    find_unused_parameters: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name, cls in (("stage", StageSpec), ("text", TextSpec), ("data", DataSpec), ("optim", OptimSpec),
+                          ("ema", EMASpec), ("sample", SampleSpec)):
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                setattr(self, name, _build(cls, v, name))
+        if isinstance(self.optim.betas, list):
+            self.optim.betas = tuple(self.optim.betas)
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(f"training config: {msg}")
+
+        need(self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}")
+        need(self.optim.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}")
+        need(self.resume in RESUME, f"resume must be one of {RESUME}")
+        need(self.data.task in ("text_to_image", "in_context"), "data.task must be text_to_image or in_context")
+        need(self.batch_size >= 1 and self.grad_accum >= 1 and self.steps >= 1,
+             "batch_size, grad_accum and steps must be >= 1")
+        need(self.optim.warmup_steps >= 0 and self.optim.lr > 0, "optim.lr must be > 0, warmup_steps >= 0")
+        need(self.ema.export in ("ema", "raw"), "ema.export must be 'ema' or 'raw'")
+        need(self.clip_grad_norm is None or self.clip_grad_norm > 0, "clip_grad_norm must be > 0 or null")
+        need(self.text.encoder or self.text.cache, "text.encoder or text.cache is required")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return _build(cls, d, "")
+
+    @classmethod
+    def load(cls, path, overrides: list[str] | None = None) -> "TrainConfig":
+        d = read_config_file(path)
+        for item in overrides or []:
+            apply_override(d, item)
+        return cls.from_dict(d)
+
+
+def _build(cls, d: dict, where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(f"training config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    d = dict(d)
+    for f in dataclasses.fields(cls):
+        # YAML 1.1 reads "1e-4" as a string: coerce numbers given to float fields.
+        if "float" in str(f.type) and isinstance(d.get(f.name), str) and _looks_float(d[f.name]):
+            d[f.name] = float(d[f.name])
+    return cls(**d)
+
+
+def read_config_file(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            d = json.loads(text)
+        else:
+            import yaml
+
+            d = yaml.safe_load(text)
+    except Exception as e:
+        raise ValueError(f"cannot parse training config {path}: {e}") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"training config {path} must be a mapping at the top level")
+    return d
+
+
+def apply_override(d: dict, item: str) -> None:
+    """``a.b.c=value`` (value parsed as YAML: numbers, booleans, lists, null) into nested dict ``d``."""
+    import yaml
+
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str) and raw.strip() and _looks_float(raw.strip()):
+        value = float(raw)  # YAML 1.1 reads "1e-4" as a string
+    node = d
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {item!r}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def _looks_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,96 @@
+"""Builders for real-format test data: JPEG/PNG bytes in many modes, img2dataset and ICL tar shards."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 220), "yellow": (230, 210, 30)}
+
+
+def image_bytes(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def solid(rgb, size=(40, 30)) -> Image.Image:
+    return Image.new("RGB", size, rgb)
+
+
+def odd_mode_images() -> dict[str, bytes]:
+    """One image per awkward mode, each encoding a known colour (see expected_colour)."""
+    rgba = Image.new("RGBA", (24, 24), (255, 0, 0, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 24, 12))  # top half transparent -> white after compositing
+    p = Image.new("RGB", (20, 20), (0, 0, 255)).convert("P", palette=Image.Palette.ADAPTIVE)
+    arr16 = np.full((16, 16), 65535 // 2, dtype=np.uint16)
+    i16 = Image.fromarray(arr16)
+    assert i16.mode.startswith("I;16")
+    cmyk = Image.new("CMYK", (20, 20), (0, 255, 255, 0))  # red in CMYK
+    return {
+        "rgba": image_bytes(rgba, "PNG"),
+        "p": image_bytes(p, "PNG"),
+        "i16": image_bytes(i16, "PNG"),
+        "cmyk": image_bytes(cmyk, "JPEG", quality=95),
+    }
+
+
+def corrupt_jpeg() -> bytes:
+    good = image_bytes(solid((10, 200, 10), (64, 64)), "JPEG")
+    return good[: len(good) // 3]  # truncated in the middle of the entropy-coded data
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def t2i_members(key: str, img: bytes | None, caption: str | None, ext: str = "jpg", meta: dict | None = None):
+    out = []
+    if img is not None:
+        out.append((f"{key}.{ext}", img))
+    if caption is not None:
+        out.append((f"{key}.txt", caption.encode("utf-8")))
+    out.append((f"{key}.json", json.dumps(meta or {"url": f"http://x/{key}.jpg", "caption": caption,
+                                                   "page_url": "http://x/page"}).encode()))
+    return out
+
+
+def icl_members(key: str, target: bytes | None, target_caption: str | None, exemplars: list[tuple[bytes, str]]):
+    out = []
+    if target is not None:
+        out.append((f"{key}.target.jpg", target))
+    if target_caption is not None:
+        out.append((f"{key}.target.txt", target_caption.encode()))
+    for i, (img, cap) in enumerate(exemplars):
+        out.append((f"{key}.ex{i}.jpg", img))
+        out.append((f"{key}.ex{i}.txt", cap.encode()))
+    meta = {"cluster_id": key.split("_")[0], "k": len(exemplars), "page_url": "http://x", "source_urls": [],
+            "skill": "recontextualization", "expert": "dreambooth", "scores": {"clip_t": 0.3, "clip_i": 0.8}}
+    out.append((f"{key}.json", json.dumps(meta).encode()))
+    return out
+
+
+def colour_folder(root: Path, colours: dict = None, size=(36, 36)) -> Path:
+    """A folder of solid-colour PNGs with same-stem captions 'a <colour> square'."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, rgb in (colours or COLOURS).items():
+        solid(rgb, size).save(root / f"{name}.png")
+        (root / f"{name}.txt").write_text(f"a {name} square", encoding="utf-8")
+    return root
+
+
+def mean_rgb(t) -> np.ndarray:
+    """(3,H,W) tensor in [-1,1] -> mean colour in 0..255."""
+    return ((t.float().mean(dim=(-1, -2)) + 1) * 127.5).numpy()
