@@ -27,6 +27,9 @@ class TransformersCaptioner:
         try:
             self._processor = tf.AutoProcessor.from_pretrained(self.model_name)
         except Exception:  # noqa: BLE001 - some checkpoints only carry an image processor + tokenizer
+            self._processor = None
+        if self._processor is None or isinstance(self._processor, tf.PreTrainedTokenizerBase):
+            # VisionEncoderDecoder folders: AutoProcessor finds only the tokenizer
             self._processor = tf.AutoImageProcessor.from_pretrained(self.model_name)
         self._tokenizer = getattr(self._processor, "tokenizer", None)
         if self._tokenizer is None:

@@ -45,7 +45,8 @@ class HeldOutExpert:
         out = []
         for i in held:
             m = cluster.members[i]
-            out.append(Target(image=open_image(m.record.image, draft_side=None), prompt=m.caption or m.record.text,
+            # the stored JPEG is the target as is: no decode, no second lossy encode
+            out.append(Target(image=None, jpeg=m.record.image, prompt=m.caption or m.record.text,
                               skill="held_out", expert=self.name, source_url=m.record.image_url))
         return out
 
@@ -115,7 +116,8 @@ def filter_targets(targets: list[Target], exemplar_emb: np.ndarray, embedder, cf
         return []
     from .decode import encode_jpeg
     for t in targets:
-        t.jpeg = encode_jpeg(t.image, 95)
+        if t.jpeg is None:
+            t.jpeg = encode_jpeg(t.image, 95)
     t_img = embed_images(embedder, [t.jpeg for t in targets], batch_size)
     t_txt = embed_texts(embedder, [t.prompt for t in targets], batch_size)
     clip_t = np.sum(t_img * t_txt, axis=1)

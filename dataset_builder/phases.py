@@ -56,21 +56,22 @@ def timed(timings: Counts, name: str):
 
 
 class TimedEmbedder:
-    """Wraps an embedder to time its forward passes apart from the stages around them."""
+    """Wraps an embedder to time its forward passes apart from the stages around them
+    (timings["<prefix>_images"], ["<prefix>_texts"] and the counts "<prefix>_images_n", "<prefix>_texts_n")."""
 
-    def __init__(self, inner, timings: Counts):
-        self.inner, self.timings = inner, timings
+    def __init__(self, inner, timings: Counts, prefix: str):
+        self.inner, self.timings, self.prefix = inner, timings, prefix
 
     def embed_images(self, images):
-        with timed(self.timings, "clip_images"):
+        with timed(self.timings, f"{self.prefix}_images"):
             out = self.inner.embed_images(images)
-        self.timings["clip_images_n"] += len(images)
+        self.timings[f"{self.prefix}_images_n"] += len(images)
         return out
 
     def embed_texts(self, texts):
-        with timed(self.timings, "clip_texts"):
+        with timed(self.timings, f"{self.prefix}_texts"):
             out = self.inner.embed_texts(texts)
-        self.timings["clip_texts_n"] += len(texts)
+        self.timings[f"{self.prefix}_texts_n"] += len(texts)
         return out
 
 
@@ -169,7 +170,7 @@ def rejected_summary(c: Cluster, reason: str, thumb: int, max_members: int = 8) 
 def cluster_partition(p: int, records: list[Record], boilerplate: np.ndarray, cfg: BuilderConfig,
                       comps: Components, work: Path, timings: Counts | None = None) -> dict:
     counts, timings = Counts(), timings if timings is not None else Counts()
-    embedder = TimedEmbedder(comps.embedder, timings)
+    embedder = TimedEmbedder(comps.embedder, timings, "clip_embed")
     rejected: list = []
     with timed(timings, "group"):
         clusters = group_pages(records, boilerplate, cfg.min_cluster_size, cfg.group.max_cluster_size, counts)
@@ -317,7 +318,7 @@ def cluster_summary(c: Cluster, subject: str, exemplars: list[int], targets, thu
 def finish_partition(p: int, cfg: BuilderConfig, comps: Components, work: Path, out_dir: Path,
                      removed: set[int]) -> dict:
     counts, timings = Counts(), Counts()
-    embedder = TimedEmbedder(comps.embedder, timings)
+    embedder = TimedEmbedder(comps.embedder, timings, "clip_filter")
     with timed(timings, "load"):
         clusters, _ = read_cluster_partition(work, p)
     kept_clusters = []

@@ -119,7 +119,7 @@ class Prompt:
 class Target:
     """One image an expert produced for a prompt, with its CLIP filter scores."""
 
-    image: "object"  # PIL.Image.Image
+    image: "object"  # PIL.Image.Image, or None when `jpeg` already holds the encoded target
     prompt: str
     skill: str
     expert: str
@@ -128,7 +128,7 @@ class Target:
     clip_i: float | None = None
     kept: bool | None = None
     reject_reason: str | None = None
-    jpeg: bytes | None = None  # set once by the CLIP filter; the shard writer stores these bytes
+    jpeg: bytes | None = None  # the stored bytes: set by the expert or encoded once by the CLIP filter
 
 
 @dataclass

@@ -193,7 +193,7 @@ def load_rank_state(folder: Path, rank: int, restore: bool = True) -> dict:
     path = folder / f"rank-{rank:05d}.json"
     meta = read_json(path)
     if restore:
-        pass  # restore_rng(load_tensors(folder / f"rank-{rank:05d}.safetensors"), meta["rng"])
+        restore_rng(load_tensors(folder / f"rank-{rank:05d}.safetensors"), meta["rng"])
     return meta
 
 

@@ -1,6 +1,7 @@
 import logging
 
 import pytest
+import torch
 from training_helpers import colour_folder
 
 from suti.tiny import build_tiny_t5
@@ -18,9 +19,14 @@ def colours(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _quiet_libraries():
+def _one_thread_quiet_libraries():
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads that
+    # wait for each other make conv2d tens of times slower. One thread keeps these tests fast everywhere.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     yield
+    torch.set_num_threads(threads)
 
 
 # A very small stage (16 px, 2 levels) for tests that check mechanics, not image quality.
