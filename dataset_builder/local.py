@@ -118,8 +118,10 @@ def write_report(cfg: BuilderConfig, out: Path, work: Path, num_parts: int, n_ce
                 "samples": sum(s["samples"] for s in shards), "config_fingerprint": cfg.fingerprint(),
                 "members": ["json", "target.jpg", "target.txt"]
                 + [f"ex{i}.{e}" for i in range(cfg.k) for e in ("jpg", "txt")]}
-    kept = sorted((s for m in shard_markers for s in m["contact"]), key=lambda s: s["cluster_id"])
-    rejected = sorted((s for m in groups[2] for s in m["rejected"]), key=lambda s: s["cluster_id"])
+    # partitions are ascending page-hash ranges and each file holds its lowest cluster ids first, so reading
+    # partitions in order until enough are found gives the corpus-wide lowest ids (a stable, unbiased sample)
+    kept = _first_entries(work / "shards", ".contact.json", num_parts, cfg.report.contact_sheet_clusters)
+    rejected = _first_entries(work / "clusters", ".rejected.json", num_parts, cfg.report.contact_sheet_rejected)
     atomic_write_json(out / "stats.json", stats)
     atomic_write_json(out / "manifest.json", manifest)
     atomic_write_bytes(out / "contact_sheet.html", contact_sheet_html(
@@ -134,6 +136,15 @@ def write_report(cfg: BuilderConfig, out: Path, work: Path, num_parts: int, n_ce
                 elif not f.name.endswith(".done.json"):
                     f.unlink(missing_ok=True)
     return stats
+
+
+def _first_entries(folder: Path, suffix: str, num_parts: int, n: int) -> list[dict]:
+    out: list[dict] = []
+    for p in range(num_parts):
+        if len(out) >= n:
+            break
+        out.extend(json.loads((folder / f"{p:05d}{suffix}").read_text(encoding="utf-8")))
+    return out[:n]
 
 
 def build_local(cfg: BuilderConfig, components: Components | None = None, overwrite: bool = False) -> dict:

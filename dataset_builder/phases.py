@@ -199,8 +199,9 @@ def cluster_partition(p: int, records: list[Record], boilerplate: np.ndarray, cf
         atomic_save_npy(work / "clusters" / f"{name}.ids.npy", np.asarray(ids, dtype=np.uint64).reshape(-1, 2))
     rejected.sort(key=lambda cr: cr[0].page_hash)
     summaries = [rejected_summary(c, r, cfg.report.thumb_size) for c, r in rejected[: cfg.report.contact_sheet_rejected]]
-    result = {"members": len(frames), "clusters": len(clusters), "counts": dict(counts),
-              "timings": dict(timings), "rejected": summaries}
+    # contact-sheet entries live beside the marker: the report reads only as many partitions as it needs
+    atomic_write_json(work / "clusters" / f"{name}.rejected.json", summaries)
+    result = {"members": len(frames), "clusters": len(clusters), "counts": dict(counts), "timings": dict(timings)}
     atomic_write_json(work / "clusters" / f"{name}.done.json", result)
     return result
 
@@ -362,7 +363,8 @@ def finish_partition(p: int, cfg: BuilderConfig, comps: Components, work: Path, 
             counts.add("write.shards")
             counts.add("write.samples", len(samples))
             counts.add("write.bytes", size)
+    atomic_write_json(work / "shards" / f"{partition_name(p)}.contact.json", summaries)
     result = {"partition": p, "shard": shard, "samples": len(samples), "counts": dict(counts),
-              "timings": dict(timings), "contact": summaries}
+              "timings": dict(timings)}
     atomic_write_json(work / "shards" / f"{partition_name(p)}.done.json", result)
     return result

@@ -34,6 +34,7 @@ FORMAT = "retrieval.Index"
 FORMAT_VERSION = 1
 ADD_CHUNK = 65_536
 EF_SEARCH_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+PLATEAU_TOLERANCE = 0.005
 NPROBE_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
 
 
@@ -102,6 +103,11 @@ class Index:
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
         if hasattr(inner, "hnsw"):
             inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        ivf = _ivf_of(index)
+        if ivf is not None and hasattr(ivf, "do_polysemous_training"):
+            # index_factory turns on polysemous training for IVF-PQ; it only helps Hamming
+            # filtering (unused here) and made training 100x slower in our measurements.
+            ivf.do_polysemous_training = False
         return cls(index, key, plan=plan)
 
     @classmethod
@@ -315,19 +321,22 @@ class Index:
             fast_enough = target_latency_ms is None or row["latency_ms"] <= target_latency_ms
             if fast_enough:
                 latency_pick = row
-            if target_recall is not None and row["recall"] >= target_recall and recall_pick is None:
+            if target_recall is not None and row["recall"] >= target_recall:
                 recall_pick = row
                 break
             if not fast_enough:
                 break  # larger values only get slower
+            if target_recall is not None and _plateaued(sweep):
+                break  # quantised codes cap recall; wider search no longer helps
         if target_recall is None:
             chosen, met = (latency_pick, True) if latency_pick else (sweep[0], False)
         elif recall_pick is not None and (target_latency_ms is None or recall_pick["latency_ms"] <= target_latency_ms):
             chosen, met = recall_pick, True
         elif target_latency_ms is not None and latency_pick is not None:
             chosen, met = latency_pick, False
-        else:
-            chosen, met = max(sweep, key=lambda r: r["recall"]), False
+        else:  # target unreachable: the cheapest value within 0.005 of the best recall seen
+            best = max(r["recall"] for r in sweep)
+            chosen, met = next(r for r in sweep if r["recall"] >= best - PLATEAU_TOLERANCE), False
         self.set_search_param(param, chosen["value"])
         self.tuning = TuningResult(param, int(chosen["value"]), chosen["recall"], chosen["latency_ms"],
                                    chosen["qps"], met, k, sweep)
@@ -402,6 +411,13 @@ class Index:
         params, self.search_params = self.search_params, {}
         for name, value in params.items():
             self.set_search_param(name, value)
+
+
+def _plateaued(sweep: list[dict], steps: int = 3) -> bool:
+    """True when the last `steps` values raised recall by less than PLATEAU_TOLERANCE in total."""
+    if len(sweep) <= steps:
+        return False
+    return sweep[-1]["recall"] - sweep[-1 - steps]["recall"] < PLATEAU_TOLERANCE
 
 
 def _validated_rows(vectors, dim, name, copy_ok=True) -> np.ndarray:

@@ -110,7 +110,10 @@ class SuTIPipeline:
         from .personalize.textual_inversion import load_token_embeddings
 
         tokens = load_token_embeddings(path)
-        self.text_encoder.add_tokens(list(tokens))
+        vocab = self.text_encoder.tokenizer.get_vocab()
+        new = [t for t in tokens if t not in vocab]  # a saved text encoder may already carry them
+        if new:
+            self.text_encoder.add_tokens(new)
         self.token_embeddings.update({k: v.to(self.device) for k, v in tokens.items()})
         return list(tokens)
 

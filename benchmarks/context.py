@@ -1,0 +1,136 @@
+"""SuTI cost against plain text-to-image and the per-subject baselines, in one run on one U-Net.
+
+Measures, with 50 DDIM steps, guidance on and K=3 exemplars:
+- sampling time of SuTI with the exemplar cache / plain text-to-image (``cached_ratio``, goal <= 1.10);
+- the same without the cache (``uncached_ratio``: exemplars re-encoded in every step and branch);
+- time to the first personalised image: SuTI (encode + sample) vs DreamBooth (400 fine-tuning steps
+  + prior images + sample) vs Textual Inversion (N steps + sample), on the same base;
+- bytes stored per subject for each method.
+
+    python benchmarks/context.py [--preset tiny-base64] [--out benchmarks/results/context.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+OUT = Path(__file__).parent / "results" / "context.json"
+DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "dreambench"
+
+
+def folder_bytes(path: Path) -> int:
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def subject_images(n: int = 3):
+    dog = DREAMBENCH / "dog"
+    if dog.is_dir():
+        return sorted(dog.glob("*.jpg"))[:n]
+    return [Image.new("RGB", (256, 256), (30 * i, 120, 200)) for i in range(n)]  # no shared/ checkout
+
+
+def timed(fn, repeats: int):
+    times = []
+    out = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="tiny-base64")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dreambooth-steps", type=int, default=400)
+    ap.add_argument("--ti-steps", type=int, default=400)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from suti.personalize import DreamBoothConfig, TextualInversionConfig, dreambooth, textual_inversion
+    from suti.pipeline import SuTIPipeline, new_pipeline
+    from suti.presets import preset
+    from suti.text import TextEncoder
+    from suti.tiny import build_tiny_t5
+
+    torch.manual_seed(0)
+    enc = TextEncoder.from_pretrained(build_tiny_t5(), max_length=32)
+    t2i = new_pipeline(enc, [preset(args.preset, text_embed_dim=enc.dim, stage_name="base")])
+    for p in t2i.cascade.parameters():  # weights of a "trained" scale, so no path is short-circuited
+        if p.dim() > 1 and not p.any():
+            torch.nn.init.normal_(p, std=0.02)
+    suti, growth = SuTIPipeline.from_text_to_image(t2i)
+    for n, p in suti.cascade.named_parameters():
+        if "context_attn.out" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    images = subject_images(args.k)
+    prompt, subject_text = "a dog on the beach", "a photo of a dog"
+    common = dict(num_images=1, steps=args.steps, guidance=args.guidance, seed=0)
+
+    t2i_s, _ = timed(lambda: t2i(prompt, **common), args.repeats)
+    cached_s, _ = timed(lambda: suti(prompt, subject_images=images, subject_texts=subject_text, **common), args.repeats)
+    uncached_s, _ = timed(lambda: suti(prompt, subject_images=images, subject_texts=subject_text,
+                                       cache_context=False, **common), args.repeats)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        db = dreambooth(t2i, images, "dog", DreamBoothConfig(steps=args.dreambooth_steps, lr=1e-5, batch_size=2,
+                                                             num_prior_images=8, prior_sampling_steps=args.steps))
+        db.pipe(db.prompt("{subject} on the beach"), **common)
+        db_s = time.perf_counter() - t0
+        db_bytes = folder_bytes(db.save_pretrained(tmp / "dreambooth"))
+
+        t0 = time.perf_counter()
+        ti = textual_inversion(t2i, images, "dog", TextualInversionConfig(steps=args.ti_steps, batch_size=2))
+        t2i(f"a photo of {ti.token} on the beach", **common)
+        ti_s = time.perf_counter() - t0
+        ti_bytes = folder_bytes(ti.save(tmp / "ti.safetensors"))
+
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+                    "torch": torch.__version__, "device": "cpu"},
+        "setup": {"preset": args.preset, "ddim_steps": args.steps, "k": args.k, "guidance": args.guidance,
+                  "guidance_mode": "text", "repeats": args.repeats, "timing": "median seconds per call"},
+        "param_growth": growth,
+        "text_to_image_s": t2i_s,
+        "suti_cached_s": cached_s,
+        "suti_uncached_s": uncached_s,
+        "cached_ratio": cached_s / t2i_s,
+        "uncached_ratio": uncached_s / t2i_s,
+        "cached_ratio_goal": 1.10,
+        "methods": {
+            "suti": {"seconds_to_first_image": cached_s, "bytes_per_subject": 0,
+                     "note": "no per-subject training or storage; exemplars are read at sampling time"},
+            "dreambooth": {"seconds_to_first_image": db_s, "bytes_per_subject": db_bytes,
+                           "fine_tune_steps": args.dreambooth_steps,
+                           "note": "includes class-prior image generation and the first sample"},
+            "textual_inversion": {"seconds_to_first_image": ti_s, "bytes_per_subject": ti_bytes,
+                                  "fine_tune_steps": args.ti_steps},
+        },
+    }
+    result["methods"]["dreambooth"]["ratio_to_suti"] = db_s / cached_s
+    result["methods"]["textual_inversion"]["ratio_to_suti"] = ti_s / cached_s
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
