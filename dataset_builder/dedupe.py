@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from .counts import Counts
-from .records import Cluster, hash64
+from .records import Cluster
 
 
 def range_pairs(emb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,6 @@ def dedupe_within(clusters: list[Cluster], threshold: float, min_size: int, coun
     for c in clusters:
         emb = np.stack([m.embedding for m in c.members])
         rows, cols = range_pairs(emb, threshold)
-        dup_of_earlier = np.zeros(len(emb), dtype=bool)
         removed = np.zeros(len(emb), dtype=bool)
         partners: dict[int, list[int]] = {}
         for i, j in zip(rows.tolist(), cols.tolist()):
@@ -54,7 +53,6 @@ def dedupe_within(clusters: list[Cluster], threshold: float, min_size: int, coun
         for i in range(len(emb)):  # greedy in quality order: drop i if a kept earlier member is its near-dup
             if any(not removed[j] for j in partners.get(i, ())):
                 removed[i] = True
-                dup_of_earlier[i] = True
         members = [m for m, r in zip(c.members, removed) if not r]
         counts.add("dedupe.dropped.near_duplicate_in_cluster", int(removed.sum()))
         if len(members) < min_size:
@@ -75,14 +73,10 @@ def num_cells(n_items: int, cell_size: int) -> int:
 
 
 def sample_threshold(n_items: int, sample_size: int) -> int:
-    """Keys whose hash64 is below this are in the quantiser's training sample (about sample_size of them)."""
+    """Members whose key hash (hash64) is below this are in the quantiser's sample (about sample_size of them)."""
     if n_items <= sample_size:
         return 2**64
     return (sample_size << 64) // n_items
-
-
-def in_sample(key: str, threshold: int) -> bool:
-    return hash64(key) < threshold
 
 
 def train_cells(sample: np.ndarray, n_cells: int, iters: int = 10) -> np.ndarray:

@@ -15,7 +15,6 @@ from .config import ExpertConfig
 from .counts import Counts
 from .embedding import embed_images, embed_texts, open_image
 from .inputs import load_factory
-from .prompts import with_article
 from .records import Cluster, Prompt, Target, hash64
 
 
@@ -139,4 +138,4 @@ def filter_targets(targets: list[Target], exemplar_emb: np.ndarray, embedder, cf
     return kept
 
 
-__all__ = ["Expert", "HeldOutExpert", "DreamBoothExpert", "load_expert", "filter_targets", "with_article"]
+__all__ = ["Expert", "HeldOutExpert", "DreamBoothExpert", "load_expert", "filter_targets"]

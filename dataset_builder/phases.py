@@ -29,18 +29,17 @@ from .components import Components
 from .config import BuilderConfig
 from .counts import Counts
 from .decode import decode_batch
-from .dedupe import (assign_cells, cross_corpus_removals, dedupe_within, in_sample, num_cells, sample_threshold,
-                     train_cells)
+from .dedupe import assign_cells, cross_corpus_removals, dedupe_within, num_cells, sample_threshold, train_cells
 from .embedding import embed_clusters
 from .experts import filter_targets
 from .grouping import boilerplate_hashes, group_pages
 from .inputs import InputUnit, read_unit
 from .prompts import prompts_for, subject_phrase, with_article
-from .records import Cluster, Member, Record, cluster_id_of, hash64
+from .records import Cluster, Member, Record, hash64
 from .report import thumbnail_uri
 from .samples import build_samples, choose_exemplars
 from .spill import (atomic_save_npy, atomic_write_bytes, atomic_write_json, encode_frame, hash_range, iter_frames,
-                    list_runs, load_npy, read_run_hashes, read_run_partition, write_run)
+                    list_runs, load_npy, read_run_hashes, write_run)
 from .writer import write_icl_shard
 
 DECODE_BATCH = 256
@@ -161,7 +160,7 @@ def load_boilerplate(work: Path, num_parts: int) -> np.ndarray:
 # --- phase 3: group, embed, coherence, in-cluster dedupe, per page partition ----------------------------------
 
 def rejected_summary(c: Cluster, reason: str, thumb: int, max_members: int = 8) -> dict:
-    return {"cluster_id": c.cluster_id, "page_url": c.page_url, "reason": reason,
+    return {"cluster_id": c.cluster_id, "page_url": c.page_key, "reason": reason,
             "mean_similarity": None if c.mean_similarity is None else round(c.mean_similarity, 6),
             "members": [{"thumb": thumbnail_uri(m.record.image, thumb), "caption": m.record.text}
                         for m in c.members[:max_members]]}
@@ -306,7 +305,7 @@ def removed_rows(work: Path, p: int, n_cells: int) -> set[int]:
 
 def cluster_summary(c: Cluster, subject: str, exemplars: list[int], targets, thumb: int) -> dict:
     return {
-        "cluster_id": c.cluster_id, "page_url": c.page_url, "subject": subject, "n_members": len(c.members),
+        "cluster_id": c.cluster_id, "page_url": c.page_key, "subject": subject, "n_members": len(c.members),
         "mean_similarity": None if c.mean_similarity is None else round(c.mean_similarity, 6),
         "exemplars": [{"thumb": thumbnail_uri(c.members[i].record.image, thumb), "caption": c.members[i].caption,
                        "centroid_similarity": round(c.members[i].centroid_similarity or 0.0, 6)} for i in exemplars],
