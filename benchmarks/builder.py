@@ -147,6 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scales", default="10000,100000,1000000")
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed after)")
+    ap.add_argument("--output", default=str(RESULTS / "builder.json"))
     ap.add_argument("--one-scale", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -179,11 +180,11 @@ def main() -> None:
             "cost_per_record_ratio": round(last["us_per_record"] / first["us_per_record"], 3),
             "peak_rss_ratio": round(last["peak_rss_mib"] / first["peak_rss_mib"], 3),
         }
-        (RESULTS / "builder.json").write_text(json.dumps(result, indent=1) + "\n")  # after every scale
+        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")  # after every scale
     if not args.workdir:
         shutil.rmtree(scratch, ignore_errors=True)
     result["clip_forward"] = clip_throughput()  # last: torch in this process must not inflate anything above
-    (RESULTS / "builder.json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"flatness": result.get("flatness"), "clip_forward": result["clip_forward"]}, indent=1))
 
 

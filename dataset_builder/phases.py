@@ -271,11 +271,14 @@ def dedupe_cell(c: int, cfg: BuilderConfig, work: Path, num_parts: int) -> dict:
     t0 = time.perf_counter()
     embs, chash, where = [], [], []
     for p in range(num_parts):
-        table = load_npy(work / "cells" / f"{partition_name(p)}.npy")
+        # memory-mapped and sorted by cell: a binary search touches only this cell's slice
+        table = load_npy(work / "cells" / f"{partition_name(p)}.npy", mmap=True)
+        if len(table) == 0:
+            continue
         a, b = np.searchsorted(table[:, 0], c, "left"), np.searchsorted(table[:, 0], c, "right")
         if a == b:
             continue
-        rows = table[a:b, 1]
+        rows = np.asarray(table[a:b, 1])
         emb = load_npy(work / "clusters" / f"{partition_name(p)}.emb.npy", mmap=True)
         ids = load_npy(work / "clusters" / f"{partition_name(p)}.ids.npy", mmap=True)
         embs.append(np.asarray(emb[rows]))

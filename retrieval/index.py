@@ -35,6 +35,9 @@ FORMAT_VERSION = 1
 ADD_CHUNK = 65_536
 EF_SEARCH_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 PLATEAU_TOLERANCE = 0.005
+PQ_POINTS_PER_CENTROID = 64
+OPQ_ITERATIONS = 10
+PQ_KMEANS_ITERATIONS = 10
 NPROBE_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
 
 
@@ -103,11 +106,7 @@ class Index:
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
         if hasattr(inner, "hnsw"):
             inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        ivf = _ivf_of(index)
-        if ivf is not None and hasattr(ivf, "do_polysemous_training"):
-            # index_factory turns on polysemous training for IVF-PQ; it only helps Hamming
-            # filtering (unused here) and made training 100x slower in our measurements.
-            ivf.do_polysemous_training = False
+        _limit_quantizer_training(index)
         return cls(index, key, plan=plan)
 
     @classmethod
@@ -411,6 +410,33 @@ class Index:
         params, self.search_params = self.search_params, {}
         for name, value in params.items():
             self.set_search_param(name, value)
+
+
+def _limit_quantizer_training(index: faiss.Index) -> None:
+    """Cap PQ/OPQ training cost, which faiss defaults make take many minutes at d=512.
+
+    Measured on 2 cores: PQ64 training on 65k x 512 took 45 s and two OPQ iterations
+    93 s (faiss default: 50 iterations). 64 points per PQ centroid (faiss warns below 39)
+    and 10 iterations for OPQ and for each PQ k-means (faiss: 50 and 25) keep a
+    tight-budget build to about a minute; recall changed by < 0.01 in our tests.
+    """
+    ivf = _ivf_of(index)
+    if ivf is not None:
+        ivf = faiss.downcast_index(ivf)
+        if hasattr(ivf, "do_polysemous_training"):
+            # index_factory enables polysemous training for IVF-PQ; it only serves Hamming
+            # filtering, which we do not use, and multiplied training time by ~3.
+            ivf.do_polysemous_training = False
+        if hasattr(ivf, "pq"):
+            ivf.pq.cp.max_points_per_centroid = PQ_POINTS_PER_CENTROID
+            ivf.pq.cp.niter = PQ_KMEANS_ITERATIONS
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            transform = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(transform, faiss.OPQMatrix):
+                transform.niter = OPQ_ITERATIONS
+                transform.niter_pq_0 = PQ_KMEANS_ITERATIONS
+                transform.max_train_points = PQ_POINTS_PER_CENTROID * 256
 
 
 def _plateaued(sweep: list[dict], steps: int = 3) -> bool:

@@ -113,6 +113,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, dict):
                 setattr(self, name, _build(cls, v, name))
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
         if isinstance(self.optim.betas, list):
             self.optim.betas = tuple(self.optim.betas)
         self.validate()

@@ -1,0 +1,148 @@
+"""DreamBench protocol (Ruiz et al. 2023; SuTI table 1): DINO, CLIP-I and CLIP-T.
+
+For each subject folder (photos of one subject) and each prompt of its kind (object or live), generate
+images from the subject's photos and score:
+- CLIP-T: cosine between the generated image and the prompt (with the subject's class noun);
+- CLIP-I: mean cosine between generated and real images (CLIP image embeddings);
+- DINO:   the same with a self-supervised ViT (e.g. ``facebook/dino-vits16`` folder), when given.
+Results go to a JSON with per-subject and overall means, next to the paper's anchors, and a PNG grid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .images import ImageLike, make_grid, open_image, to_rgb
+
+LIVE_CLASSES = {"dog", "cat"}
+PAPER_ANCHORS = {"suti": [0.741, 0.819, 0.304], "dreambooth_imagen": [0.696, 0.812, 0.306],
+                 "re_imagen": [0.600, 0.740, 0.270], "real_images": [0.774, 0.885, None]}
+
+
+def read_dreambench(root) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Parse ``prompts_and_classes.txt``: subject -> class, and {"object": [...], "live": [...]} prompts."""
+    text = (Path(root) / "prompts_and_classes.txt").read_text(encoding="utf-8").splitlines()
+    classes, prompts, section = {}, {"object": [], "live": []}, None
+    for line in text:
+        s = line.strip()
+        if not s or s == "Classes" or s == "subject_name,class":
+            continue
+        low = s.lower()
+        if "object prompts" in low:
+            section = "object"
+            continue
+        if "live subject prompts" in low:
+            section = "live"
+            continue
+        if section is None and "," in s:
+            name, cls = s.split(",", 1)
+            classes[name.strip()] = cls.strip()
+        elif section is not None:
+            m = re.match(r"""^f?(['"])(.*?)\1""", s)  # 'a {0} {1} in the jungle'.format(...)
+            if m:
+                prompts[section].append(m.group(2))
+    return classes, prompts
+
+
+def fill(prompt: str, unique_token: str, class_token: str) -> str:
+    return prompt.replace("{0}", unique_token).replace("{1}", class_token).replace("{unique_token}", unique_token) \
+        .replace("{class_token}", class_token)
+
+
+class DinoScorer:
+    """Image embeddings from a Hugging Face ViT folder (CLS token), L2-normalised."""
+
+    def __init__(self, name_or_path: str, device="cpu"):
+        from transformers import AutoImageProcessor, AutoModel
+
+        self.processor = AutoImageProcessor.from_pretrained(name_or_path)
+        self.model = AutoModel.from_pretrained(name_or_path).to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def embed(self, images) -> np.ndarray:
+        batch = self.processor(images=[to_rgb(open_image(i)) for i in images], return_tensors="pt").to(self.device)
+        cls = self.model(**batch).last_hidden_state[:, 0]
+        return torch.nn.functional.normalize(cls.float(), dim=-1).cpu().numpy()
+
+
+def mean_pairwise(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a @ b.T).mean())
+
+
+def evaluate(pipe, root, embedder, dino: DinoScorer | None = None, subjects: list[str] | None = None,
+             prompts_per_subject: int | None = None, num_images: int = 1, k: int = 3, steps: int = 50,
+             guidance: float = 5.0, seed: int = 0, grid_path=None) -> dict:
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    classes, prompts = read_dreambench(root)
+    names = subjects or sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in classes)
+    if not names:
+        raise ValueError(f"{root}: no subject folders that prompts_and_classes.txt names")
+    per_subject, grid = {}, []
+    for name in tqdm(names, desc="dreambench"):
+        cls = classes[name]
+        real: list[ImageLike] = sorted((root / name).glob("*.jpg"))
+        kind = "live" if cls in LIVE_CLASSES else "object"
+        plist = prompts[kind][:prompts_per_subject] if prompts_per_subject else prompts[kind]
+        real_clip = embedder.embed_images(real)
+        real_dino = dino.embed(real) if dino else None
+        scores = {"clip_i": [], "clip_t": [], "dino": []}
+        for i, p in enumerate(plist):
+            prompt = fill(p, "", cls).replace("  ", " ").strip()
+            images = pipe(prompt, subject_images=real[:k], subject_texts=f"a photo of a {cls}", num_images=num_images,
+                          steps=steps, guidance=guidance, seed=seed + i)
+            gen = embedder.embed_images(images)
+            scores["clip_i"].append(mean_pairwise(gen, real_clip))
+            scores["clip_t"].append(float(embedder.image_text_scores(gen, embedder.embed_texts([prompt] * len(gen))).mean()))
+            if dino:
+                scores["dino"].append(mean_pairwise(dino.embed(images), real_dino))
+            if i == 0:
+                grid.extend(images[:1])
+        per_subject[name] = {m: (float(np.mean(v)) if v else None) for m, v in scores.items()}
+        per_subject[name]["prompts"] = len(plist)
+    overall = {m: (float(np.mean([s[m] for s in per_subject.values()])) if dino or m != "dino" else None)
+               for m in ("dino", "clip_i", "clip_t")}
+    if grid_path:
+        make_grid(grid).save(grid_path)
+    return {"overall": overall, "subjects": per_subject, "paper_anchors_dino_clipi_clipt": PAPER_ANCHORS,
+            "dino_model": None if dino is None else "given", "k": k, "steps": steps, "guidance": guidance}
+
+
+def add_subparser(subparsers):
+    p = subparsers.add_parser("evaluate", help="DreamBench protocol: DINO / CLIP-I / CLIP-T")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dreambench", required=True, help="folder with subject folders and prompts_and_classes.txt")
+    p.add_argument("--clip", required=True, help="open_clip model: NAME:PRETRAINED or local-dir:FOLDER")
+    p.add_argument("--dino", default=None, help="Hugging Face ViT folder for the DINO metric (optional)")
+    p.add_argument("--subjects", nargs="*", default=None)
+    p.add_argument("--prompts-per-subject", type=int, default=None)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--out", required=True, help="output JSON (a PNG grid is written beside it)")
+    p.set_defaults(func=_run)
+
+
+def _run(args):
+    from retrieval import Embedder
+
+    from .pipeline import SuTIPipeline
+
+    pipe = SuTIPipeline.from_pretrained(args.model)
+    if args.clip.startswith("local-dir:"):
+        emb = Embedder.from_pretrained(args.clip)
+    else:
+        name, _, tag = args.clip.partition(":")
+        emb = Embedder.from_pretrained(name, pretrained=tag or None)
+    dino = DinoScorer(args.dino) if args.dino else None
+    out = Path(args.out)
+    res = evaluate(pipe, args.dreambench, emb, dino, args.subjects, args.prompts_per_subject, steps=args.steps,
+                   grid_path=out.with_suffix(".png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res["overall"], indent=2))
