@@ -7,10 +7,11 @@ Each training example is one "subject" (a colour). Its K exemplars are shapes in
 a circle". The captions never name the colour, so the model can only get it from the exemplars. The data
 is written as ICL shards in the layout of docs/interfaces.md.
 
---init-from takes a text-to-image stage folder (e.g. runs/example_t2i/stage from
-examples/train_text_to_image.py): it is converted to a context stage (zero-initialised context attention)
-before training. Without it, a tiny-base32 stage with context attention starts from scratch.
-The sample grid rows are [exemplars..., target, sample].
+By default a 16 px stage with context attention (small enough to learn the task in ~1000 steps, about
+two minutes on one CPU core) starts from scratch. --init-from takes a text-to-image stage folder (e.g.
+runs/example_t2i/stage from examples/train_text_to_image.py, 32 px): it is converted to a context stage
+(zero-initialised context attention) before training; that larger stage needs several thousand steps
+to pick up colour from the exemplars on this task. The sample grid rows are [exemplars..., target, sample].
 """
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ from pathlib import Path
 from suti.tiny import build_tiny_t5
 from suti.training import TrainConfig, Trainer
 
+# A 16 px, two-level U-Net; context attention at the 8 px level and in the middle block.
+SMALL_STAGE = {
+    "name": "base", "lowres_size": None,
+    "unet": {"image_size": 16, "base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": [1, 1],
+             "self_attention": [False, True], "cross_attention": [False, True], "context_attention": [False, True],
+             "middle_context_attention": True, "head_dim": 16, "num_groups": 4, "text_embed_dim": 64},
+}
 COLOURS = {"red": (215, 35, 35), "green": (40, 170, 60), "blue": (40, 60, 210), "yellow": (235, 200, 40),
            "purple": (140, 50, 170), "orange": (240, 140, 30)}
 SHAPES = ("square", "circle", "triangle")
@@ -63,7 +71,7 @@ def write_icl_shard(path: Path, k: int = 2) -> Path:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/example_icl")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--init-from", default=None, help="a text-to-image stage folder to convert and train")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -74,7 +82,7 @@ def main():
     config = TrainConfig.from_dict({
         "output_dir": str(out),
         "init_from": args.init_from,
-        "stage": {"preset": "tiny-base32"},
+        "stage": {"config": None if args.init_from else SMALL_STAGE},
         "text": {"encoder": str(t5), "max_length": 8},
         "data": {"sources": [str(shard)], "task": "in_context"},
         "optim": {"lr": 2e-3, "warmup_steps": 20},

@@ -200,21 +200,29 @@ class Embedder:
         return self
 
     # ---------------------------------------------------------------- embedding
-    def embed_images(self, images: Sequence[Image.Image | str | os.PathLike], batch_size: int = 64,
-                     progress: bool | None = None, on_error: str = "raise", num_workers: int | None = None):
-        """Embed images (PIL images or paths) -> (N, dim) float32, rows L2-normalised.
+    def embed_images(self, images: Sequence[Image.Image | str | os.PathLike | bytes], batch_size: int = 64,
+                     progress: bool | None = None, on_error: str = "raise", num_workers: int | None = None,
+                     keys: Sequence[str] | None = None):
+        """Embed images (PIL images, paths, or encoded bytes) -> (N, dim) float32, rows L2-normalised.
 
-        on_error="raise": an unreadable path raises ImageReadError(path, reason).
+        Any mode or size works: images go through `images.to_rgb` (EXIF orientation,
+        alpha on white, 16-bit scaling) and then the model's own preprocess.
+        on_error="raise": an unreadable image raises ImageReadError(path, reason).
         on_error="skip": returns (embeddings, kept_indices, skipped) where skipped is a
         list of (key, reason) and kept_indices the input positions of the rows.
+        `keys` name the inputs in errors (default: the path, or "<image i>").
+        Decoding and preprocessing run in `num_workers` threads (default min(8, CPUs)).
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if isinstance(images, (str, os.PathLike, Image.Image)):
+        if isinstance(images, (str, os.PathLike, Image.Image, bytes)):
             raise TypeError("embed_images takes a sequence of images; wrap a single image in a list")
         items = list(images)
+        if keys is not None and len(keys) != len(items):
+            raise ValueError(f"got {len(keys)} keys for {len(items)} images")
+        names = [str(keys[i]) if keys is not None else _image_key(item, i) for i, item in enumerate(items)]
         workers = num_workers or min(8, os.cpu_count() or 1)
         chunks: list[np.ndarray] = []
         kept: list[int] = []
@@ -223,11 +231,14 @@ class Embedder:
         def load(position: int):
             item = items[position]
             try:
-                if not isinstance(item, (Image.Image, str, os.PathLike)):
-                    raise ImageReadError(_image_key(item, position),
-                                         f"expected a PIL image or a path, got {type(item).__name__}")
-                rgb = open_image(item, name=_image_key(item, position))
-                return self.preprocess(rgb), None
+                if not isinstance(item, (Image.Image, str, os.PathLike, bytes, bytearray)):
+                    raise ImageReadError(names[position],
+                                         f"expected a PIL image, a path or bytes, got {type(item).__name__}")
+                rgb = open_image(item, name=names[position])
+                try:
+                    return self.preprocess(rgb), None
+                except Exception as exc:  # e.g. a 0-pixel-wide image after EXIF handling
+                    raise ImageReadError(names[position], f"preprocess failed: {type(exc).__name__}: {exc}") from exc
             except ImageReadError as exc:
                 return None, exc
 
@@ -248,7 +259,7 @@ class Embedder:
                     pixels = torch.stack(tensors).to(self._device, self._dtype)
                     with torch.inference_mode():
                         feats = self.model.encode_image(pixels)
-                    chunks.append(self._normalised(feats, [_image_key(items[p], p) for p in batch_kept]))
+                    chunks.append(self._normalised(feats, [names[p] for p in batch_kept]))
                     kept.extend(batch_kept)
                 bar.update(len(positions))
         bar.close()

@@ -36,7 +36,8 @@ ADD_CHUNK = 65_536
 EF_SEARCH_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 PLATEAU_TOLERANCE = 0.005
 PQ_POINTS_PER_CENTROID = 64
-OPQ_ITERATIONS = 10
+OPQ_ITERATIONS = 5
+OPQ_TRAIN_POINTS = 10_000  # >= 39 points per codebook centroid, or faiss warns
 PQ_KMEANS_ITERATIONS = 10
 NPROBE_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
 
@@ -415,10 +416,13 @@ class Index:
 def _limit_quantizer_training(index: faiss.Index) -> None:
     """Cap PQ/OPQ training cost, which faiss defaults make take many minutes at d=512.
 
-    Measured on 2 cores: PQ64 training on 65k x 512 took 45 s and two OPQ iterations
-    93 s (faiss default: 50 iterations). 64 points per PQ centroid (faiss warns below 39)
-    and 10 iterations for OPQ and for each PQ k-means (faiss: 50 and 25) keep a
-    tight-budget build to about a minute; recall changed by < 0.01 in our tests.
+    Measured on 2 busy cores: PQ64 training on 65k x 512 took 45 s and two OPQ
+    iterations 93 s (faiss default: 50 iterations, each re-training the PQ). The PQ
+    trains on 64 points per centroid (faiss warns below 39) with 10 k-means
+    iterations (faiss: 25); the OPQ rotation, which only needs rough codebooks, on
+    10,000 points with 5 iterations. On 20k x 32 clustered vectors (OPQ16,IVF512,
+    PQ16x8, nprobe 6) this gave the same recall@10 as faiss defaults (0.892) in
+    8.8 s instead of 115 s (1 thread).
     """
     ivf = _ivf_of(index)
     if ivf is not None:
@@ -435,8 +439,8 @@ def _limit_quantizer_training(index: faiss.Index) -> None:
             transform = faiss.downcast_VectorTransform(index.chain.at(i))
             if isinstance(transform, faiss.OPQMatrix):
                 transform.niter = OPQ_ITERATIONS
-                transform.niter_pq_0 = PQ_KMEANS_ITERATIONS
-                transform.max_train_points = PQ_POINTS_PER_CENTROID * 256
+                transform.niter_pq_0 = OPQ_ITERATIONS
+                transform.max_train_points = OPQ_TRAIN_POINTS
 
 
 def _plateaued(sweep: list[dict], steps: int = 3) -> bool:

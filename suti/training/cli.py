@@ -15,7 +15,7 @@ import sys
 
 HELP = "train one cascade stage (text-to-image or in-context) from a YAML/JSON config"
 EPILOG = """overrides are dotted keys with YAML values, e.g.
-  steps=2000 optim.lr=1e-4 batch_size=16 data.sources='[shards/{000000..000099}.tar]' mixed_precision=bf16
+  steps=2000 optim.lr=1e-4 batch_size=16 data.sources=shards/{000000..000099}.tar mixed_precision=bf16
 see configs/train_tiny_base.yaml for every field"""
 
 
@@ -40,6 +40,8 @@ def run_train(args) -> int:
     from .config import TrainConfig, apply_override, read_config_file
     from .trainer import Trainer
 
+    if not logging.getLogger().handlers:  # `suti train` from the console script: show progress messages
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     d = read_config_file(args.config)
     for item in args.overrides or []:
         apply_override(d, item)

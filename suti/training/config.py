@@ -113,6 +113,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, dict):
                 setattr(self, name, _build(cls, v, name))
+        if isinstance(self.data.sources, str):  # a single path or pattern
+            self.data.sources = [self.data.sources]
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
         if isinstance(self.optim.betas, list):
@@ -192,7 +194,11 @@ def apply_override(d: dict, item: str) -> None:
     if "=" not in item:
         raise ValueError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-4)")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote list "
+                         "items that contain braces, e.g. data.sources='[\"shards/{000000..000009}.tar\"]'") from e
     if isinstance(value, str) and raw.strip() and _looks_float(raw.strip()):
         value = float(raw)  # YAML 1.1 reads "1e-4" as a string
     node = d

@@ -22,10 +22,10 @@ sequence is identical for any number of workers. Every batch carries its end pos
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import os
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,6 +42,7 @@ log = logging.getLogger("suti.training")
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 TASKS = ("text_to_image", "in_context")
+_EXEMPLAR_MEMBER = re.compile(r"ex(\d+)\.[a-z0-9]+")
 SHARD_EXTS = (".tar", ".tar.gz", ".tgz")
 
 
@@ -289,7 +290,7 @@ def decode_in_context(rec: Record, size: int, fit: str, notes: list, max_exempla
         raise SampleError("no target.txt (in-context layout expected: key.target.jpg/.txt, key.ex{i}.jpg/.txt)")
     out = {"image": _image(m, "target.", rec.key, size, fit), "caption": _text(m["target.txt"], "target.txt"),
            "key": rec.key}
-    indices = sorted({int(k[2:k.index(".")]) for k in m if k.startswith("ex") and k[2:k.index(".")].isdigit()})
+    indices = sorted({int(x.group(1)) for x in (_EXEMPLAR_MEMBER.fullmatch(k) for k in m) if x})
     images, captions = [], []
     for i in indices:
         if len(images) >= max_exemplars:
@@ -487,6 +488,10 @@ def _passthrough(x):
 
 
 def make_loader(stream: BatchStream, num_workers: int = 0, prefetch_factor: int = 2) -> DataLoader:
-    """A DataLoader over a BatchStream (batches are already built; workers keep the order)."""
+    """A DataLoader over a BatchStream (batches are already built; workers keep the order).
+
+    It gets a private generator: starting an iterator then never draws from the global torch RNG, so the
+    training run's random state does not depend on when loaders were (re)created."""
     kw = dict(prefetch_factor=prefetch_factor, persistent_workers=False) if num_workers > 0 else {}
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_passthrough, **kw)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_passthrough,
+                      generator=torch.Generator(), **kw)

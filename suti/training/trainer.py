@@ -37,7 +37,7 @@ from ..context import Exemplars
 from ..presets import preset
 from . import state as S
 from .config import TrainConfig
-from .data import BatchStream, DataPosition, SkipStats, make_loader
+from .data import BatchStream, DataError, DataPosition, SkipStats, make_loader
 from .ema import EMA
 from .samples import render_samples, save_grid
 from .text import TextConditioner
@@ -46,7 +46,7 @@ log = logging.getLogger("suti.training")
 
 # Config fields whose change breaks exact resume (warned about, not refused).
 _ORDER_KEYS = ("batch_size", "grad_accum", "seed", "data.sources", "data.shuffle", "data.shuffle_buffer",
-               "data.task", "optim.lr", "optim.warmup_steps", "optim.schedule", "steps")
+               "data.task", "optim.lr", "optim.warmup_steps", "optim.schedule", "steps", "stage", "init_from")
 
 
 # ----------------------------------------------------------------------------- small pure helpers
@@ -276,9 +276,9 @@ class Trainer:
                 self.metrics_path.unlink()  # a fresh run
 
     # -- batches -------------------------------------------------------------------------------
-    def _next_batch(self, it) -> dict:
+    def _next_batch(self, it, max_empty: int = 1000) -> dict:
         """The next usable micro-batch as model inputs on the device (skips are counted)."""
-        while True:
+        for _ in range(max_empty):
             batch = next(it)
             for key, reason in batch["skipped"]:
                 self.skips.add(key, reason)
@@ -292,6 +292,8 @@ class Trainer:
                                          self.position.samples + len(keep))
             if keep:
                 return self._inputs(batch, keep)
+        raise DataError(f"rank {self.rank}: {max_empty} batches in a row had no usable sample; recent skips: "
+                        f"{self.skips.recent[-3:]}")
 
     def _inputs(self, batch: dict, rows: list[int]) -> dict:
         dev = self.device
@@ -355,10 +357,7 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         stop = min(cfg.steps, stop_at_step if stop_at_step is not None else cfg.steps)
         self.stream.start = self.position  # continue where the last train() call (or the checkpoint) stopped
-        # A private generator: creating the loader iterator must not draw from the global RNG.
-        loader = make_loader(self.stream, cfg.data.num_workers)
-        loader.generator = torch.Generator()
-        it = iter(loader)
+        it = iter(make_loader(self.stream, cfg.data.num_workers))
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.is_main and cfg.progress),
                    desc=f"train {self.stage.name}", dynamic_ncols=True)
         window = {"loss": 0.0, "n": 0, "t": time.time(), "steps": 0}
@@ -400,11 +399,14 @@ class Trainer:
         return result
 
     def _install_signal_handlers(self):
-        def handler(signum, frame):
-            log.warning("signal %d: stopping after this step and writing a checkpoint", signum)
-            self._stop_requested = True
-
+        """SIGTERM/SIGINT: finish the current step, checkpoint, return. A second signal acts as usual."""
         old = {}
+
+        def handler(signum, frame):
+            log.warning("signal %d: stopping after this step and writing a checkpoint (signal again to abort)", signum)
+            self._stop_requested = True
+            self._restore_signal_handlers(old)
+
         with contextlib.suppress(ValueError):  # not in the main thread: no handlers
             for sig in (signal.SIGTERM, signal.SIGINT):
                 old[sig] = signal.signal(sig, handler)
@@ -447,7 +449,9 @@ class Trainer:
             stream = BatchStream(cfg.data.sources, cfg.data.task, self.stage.image_size,
                                  max(1, cfg.sample.num_held), seed=cfg.seed, shuffle=False, fit=cfg.data.fit,
                                  max_exemplars=cfg.data.max_exemplars)
-            for batch in stream:
+            for n, batch in enumerate(stream):
+                if n == 1000:
+                    raise DataError("no usable sample for the sample grid in the first 1000 batches of the data")
                 if batch["keys"]:
                     keep = [i for i, c in enumerate(batch["captions"]) if self.text.available(c)]
                     self._held = {k: (v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep])

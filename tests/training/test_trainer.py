@@ -97,8 +97,11 @@ def test_resume_is_bitwise_exact(tmp_path, tiny_t5, colours):
                 optim={"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine", "min_lr_ratio": 0.1},
                 stage={"config": None, "preset": "tiny-base32", "overrides": {"unet": {"dropout": 0.1}}},
                 data={"sources": [colours], "shuffle_buffer": 3})  # 4 images, batch 3: epochs end mid-batch
-    full = Trainer(TrainConfig.from_dict(train_config(tmp_path / "a", tiny_t5, colours, **over)))
+    # The uninterrupted run also draws a sample grid every step: sampling must not touch the run's RNG.
+    full = Trainer(TrainConfig.from_dict(train_config(tmp_path / "a", tiny_t5, colours, **over,
+                                                      sample={"every": 1, "steps": 2, "num_held": 2})))
     full.train()
+    assert len(list((tmp_path / "a" / "run" / "samples").glob("*.png"))) == 4
     cfg_b = TrainConfig.from_dict(train_config(tmp_path / "b", tiny_t5, colours, **over))
     first = Trainer(cfg_b)
     first.train(stop_at_step=2)
@@ -187,9 +190,13 @@ def test_config_file_overrides_and_errors(tmp_path, tiny_t5, colours):
     d["optim"]["lr"] = "1e-4"  # YAML 1.1 reads this as a string
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(d))
-    cfg = TrainConfig.load(path, ["steps=7", "optim.schedule=cosine", "ema.decay=0.5", "data.sources=[a, b]"])
+    cfg = TrainConfig.load(path, ["steps=7", "optim.schedule=cosine", "ema.decay=0.5", "data.sources=[a, b]",
+                                  "mixed_precision=no"])
     assert cfg.optim.lr == 1e-4 and cfg.steps == 7 and cfg.optim.schedule == "cosine" and cfg.ema.decay == 0.5
-    assert cfg.data.sources == ["a", "b"]
+    assert cfg.data.sources == ["a", "b"] and cfg.mixed_precision == "no"
+    assert TrainConfig.load(path, ["data.sources=s/{000..009}.tar"]).data.sources == ["s/{000..009}.tar"]
+    with pytest.raises(ValueError, match="quote"):
+        TrainConfig.load(path, ["data.sources=[s/{000..009}.tar]"])
     with pytest.raises(ValueError, match="unknown key"):
         TrainConfig.from_dict({**d, "optim": {"lr": 1, "lr_typo": 2}})
     with pytest.raises(ValueError, match="mixed_precision"):
@@ -218,3 +225,23 @@ def test_cli_train_and_resume(tmp_path, tiny_t5, colours):
     with pytest.raises(FileExistsError):
         args = parser.parse_args(["train", "--config", str(path), "resume=never"])
         args.func(args)
+    # --resume PATH: an older checkpoint while a newer one exists is refused (it would be ambiguous).
+    args = parser.parse_args(["train", "--config", str(path), "--resume",
+                              str(tmp_path / "run" / "checkpoints" / "step-00000001"), "steps=3"])
+    with pytest.raises(ValueError, match="newer checkpoints"):
+        args.func(args)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path, tiny_t5, colours):
+    import os
+    import signal
+
+    cfg = TrainConfig.from_dict(train_config(tmp_path, tiny_t5, colours, steps=5))
+    before = signal.getsignal(signal.SIGTERM)
+    tr = Trainer(cfg)
+    tr.loss_hooks.append(lambda step, loss: (os.kill(os.getpid(), signal.SIGTERM), loss)[1] if step == 1 else loss)
+    result = tr.train()
+    assert not result["finished"] and result["step"] == 2 and "export_dir" not in result
+    assert S.latest_checkpoint(tmp_path / "run").name == "step-00000002"
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert Trainer(cfg).train()["finished"]  # a rerun resumes and finishes

@@ -94,3 +94,17 @@ def colour_folder(root: Path, colours: dict = None, size=(36, 36)) -> Path:
 def mean_rgb(t) -> np.ndarray:
     """(3,H,W) tensor in [-1,1] -> mean colour in 0..255."""
     return ((t.float().mean(dim=(-1, -2)) + 1) * 127.5).numpy()
+
+
+def draw_shape(shape: str, rgb, size: int = 32) -> Image.Image:
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    d, m = ImageDraw.Draw(img), size // 6
+    if shape == "square":
+        d.rectangle([m, m, size - m, size - m], fill=rgb)
+    elif shape == "circle":
+        d.ellipse([m, m, size - m, size - m], fill=rgb)
+    else:
+        d.polygon([(size // 2, m), (size - m, size - m), (m, size - m)], fill=rgb)
+    return img
