@@ -1,0 +1,44 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from suti.evaluate import evaluate, fill, read_dreambench
+from suti.pipeline import new_pipeline
+from suti.presets import preset
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "dreambench"
+
+
+@pytest.mark.skipif(not (SHARED / "prompts_and_classes.txt").is_file(), reason="shared/dreambench not present")
+def test_dreambench_prompts_parse():
+    classes, prompts = read_dreambench(SHARED)
+    assert classes["teapot"] == "teapot" and classes["dog"] == "dog" and len(classes) == 30
+    assert len(prompts["object"]) == 25 and len(prompts["live"]) == 25
+    assert fill(prompts["object"][14], "sks", "teapot") == "a sks teapot floating in an ocean of milk"
+
+
+@pytest.mark.skipif(not (SHARED / "teapot").is_dir(), reason="shared/dreambench not present")
+def test_evaluate_scores_real_subject(tmp_path, tiny_text_encoder):
+    from retrieval import Embedder
+
+    root = tmp_path / "bench"
+    (root / "teapot").mkdir(parents=True)
+    shutil.copy(SHARED / "prompts_and_classes.txt", root)
+    for p in sorted((SHARED / "teapot").glob("*.jpg"))[:3]:
+        Image.open(p).resize((64, 64)).save(root / "teapot" / p.name)
+    torch.manual_seed(0)
+    clip = Embedder.from_config({"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                 "patch_size": 8, "head_width": 16},
+                                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                              "layers": 1}}, name="tiny-eval")
+    pipe = new_pipeline(tiny_text_encoder, [preset("tiny-base32", text_embed_dim=tiny_text_encoder.dim, context=True,
+                                                   stage_name="base")])
+    res = evaluate(pipe, root, clip, prompts_per_subject=2, steps=1, grid_path=tmp_path / "grid.png")
+    s = res["subjects"]["teapot"]
+    assert s["prompts"] == 2 and -1 <= s["clip_i"] <= 1 and -1 <= s["clip_t"] <= 1 and s["dino"] is None
+    assert (tmp_path / "grid.png").is_file()
+    json.dumps(res)
