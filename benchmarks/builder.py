@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# benchmarks/ holds scripts named like packages (benchmarks/retrieval.py): keep this folder off sys.path so
+# `import retrieval` finds the package, not the sibling script
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PER_UNIT = 10_000
 
