@@ -171,6 +171,7 @@ class Embedder:
                  for k, v in self.model.state_dict().items()}
         tmp_weights = folder / f".{WEIGHTS_FILE}.tmp"
         save_file(state, str(tmp_weights), metadata={"format": "pt"})
+        os.chmod(tmp_weights, 0o644)  # safetensors creates the file owner-only; models are shared
         os.replace(tmp_weights, folder / WEIGHTS_FILE)
         hf_tok = getattr(self.tokenizer, "tokenizer", None)
         if hf_tok is not None and hasattr(hf_tok, "save_pretrained"):

@@ -6,11 +6,7 @@ import faiss
 import pytest
 import torch
 
-TINY_CLIP_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+from retrieval_testdata import TINY_CLIP_CFG
 
 
 @pytest.fixture(scope="module", autouse=True)

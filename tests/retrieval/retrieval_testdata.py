@@ -9,6 +9,12 @@ import tarfile
 import numpy as np
 from PIL import Image, ImageDraw
 
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
 
 def clustered_vectors(n: int, dim: int, n_clusters: int, spread: float, seed: int) -> np.ndarray:
     """Unit vectors around random centres (cosine to centre about 1/sqrt(1+spread^2))."""

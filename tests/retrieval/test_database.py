@@ -1,5 +1,6 @@
 """PairsDatabase: build from a real webdataset shard and a folder, reopen, search, read exemplars."""
 
+import io
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 from retrieval import (CorruptDatabaseError, CorruptIndexError, DimensionMismatchError, Embedder,
                        EmptyIndexError, ImageReadError, PairsDatabase)
 from retrieval.cli import add_subparsers, main as cli_main
-from retrieval_testdata import img2dataset_sample, jpeg_bytes, picture, write_shard
+from retrieval_testdata import TINY_CLIP_CFG, img2dataset_sample, jpeg_bytes, picture, write_shard
 
 N_GOOD = 12
 
@@ -61,7 +62,7 @@ def test_records_carry_metadata_and_location(built_db, shard):
 def test_load_image_returns_the_exemplar_pixels(built_db):
     _, db, _ = built_db
     rec = db.find("000000005")
-    expected = np.asarray(Image.open(__import__("io").BytesIO(jpeg_bytes(picture(5)))).convert("RGB"))
+    expected = np.asarray(Image.open(io.BytesIO(jpeg_bytes(picture(5)))).convert("RGB"))
     np.testing.assert_array_equal(np.asarray(db.load_image(rec)), expected)
     np.testing.assert_array_equal(np.asarray(db.load_image(rec["id"])), expected)
     with pytest.raises(ImageReadError, match="nowhere.tar"):
@@ -166,7 +167,7 @@ def test_bad_input_errors(tmp_path, built_db, tiny_embedder, tiny_clip_dir):
         db.search_vector(np.ones(tiny_embedder.dim + 1))
     with pytest.raises(Exception, match="NaN"):
         db.search_vector(np.full(tiny_embedder.dim, np.nan))
-    other = Embedder.from_config(dict(__import__("conftest").TINY_CLIP_CFG, embed_dim=24), name="tiny-clip-24")
+    other = Embedder.from_config(dict(TINY_CLIP_CFG, embed_dim=24), name="tiny-clip-24")
     with pytest.raises(DimensionMismatchError, match="24"):
         PairsDatabase.open(folder, other)
     with pytest.raises(FileExistsError):

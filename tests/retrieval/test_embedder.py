@@ -5,9 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_CLIP_CFG
 from retrieval import DimensionMismatchError, Embedder, ImageReadError, InvalidVectorError
-from retrieval_testdata import jpeg_bytes, picture
+from retrieval_testdata import TINY_CLIP_CFG, jpeg_bytes, picture
 
 
 def odd_images():

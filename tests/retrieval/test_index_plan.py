@@ -12,12 +12,14 @@ GB = 1024 ** 3
     (0, 512, GB, "Flat"),
     (9_999, 512, GB, "Flat"),
     (10_000, 512, GB, "HNSW32,Flat"),
-    (1_000_000, 512, 8 * GB, "HNSW32,Flat"),
-    (5_000_000, 512, 64 * GB, "HNSW32,Flat"),
-    (5_000_001, 512, 64 * GB, "IVF8192,Flat"),          # beyond the HNSW build limit
+    (250_000, 512, 8 * GB, "HNSW32,Flat"),
+    (250_001, 512, 8 * GB, "IVF2048,Flat"),               # beyond the HNSW size limit
+    (1_000_000, 512, 8 * GB, "IVF4096,Flat"),
+    (5_000_000, 512, 64 * GB, "IVF8192,Flat"),
     (100_000_000, 128, 64 * GB, "IVF32768_HNSW32,Flat"),  # HNSW coarse quantizer for large nlist
-    (1_000_000, 512, 2_300_000_000, "HNSW27,Flat"),      # budget only allows a thinner graph
-    (1_000_000, 512, 2_100_000_000, "IVF4096,Flat"),     # no room for HNSW16, IVF-Flat fits
+    (200_000, 512, 450_000_000, "HNSW21,Flat"),           # budget only allows a thinner graph
+    (200_000, 512, 420_000_000, "IVF2048,Flat"),          # no room for HNSW16, IVF-Flat fits
+    (1_000_000, 512, 2_100_000_000, "IVF4096,Flat"),
     (1_000_000, 512, GB, "OPQ128,IVF4096,PQ128x8"),      # tight: product quantisation
     (1_000_000, 512, 100 * 1024 ** 2, "OPQ64,IVF4096,PQ64x8"),
     (1_000_000, 512, 30 * 1024 ** 2, "OPQ8,IVF4096,PQ8x8"),
@@ -34,8 +36,8 @@ def test_plan_by_size_and_budget(n, dim, budget, key):
 def test_chosen_plans_never_exceed_budget_and_degrade_in_order():
     order = ["flat", "hnsw", "ivf_flat", "ivf_pq"]
     last = 1
-    for budget in [64 * GB, 4 * GB, 2.3e9, 2.1e9, 1 * GB, 0.1 * GB, 0.03 * GB]:
-        plan = plan_index(1_000_000, 512, int(budget))
+    for budget in [64 * GB, 4 * GB, 0.46e9, 0.42e9, 0.2 * GB, 0.02 * GB, 0.01 * GB]:
+        plan = plan_index(200_000, 512, int(budget))
         assert plan.estimated_bytes <= budget
         assert order.index(plan.family) >= last  # a smaller budget never picks a larger index family
         last = order.index(plan.family)
