@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling(p)
     p.add_argument("--subject", nargs="+", default=[], help="exemplar image files (1-5)")
     p.add_argument("--subject-text", nargs="+", default=[], help="one caption for all, or one per image")
-    p.add_argument("--guidance-mode", choices=["text", "context", "joint", "interleaved", "none"], default="text")
+    p.add_argument("--guidance-mode", choices=["text", "context", "joint", "interleaved", "none"], default=None,
+                   help="guidance with subject images (default: interleaved)")
     p.add_argument("--text-ratio", type=float, default=0.5, help="interleaved guidance: share of text-guided steps")
     p.add_argument("--fit", choices=["center-crop", "pad"], default="center-crop")
     p.add_argument("--retrieve-from", default=None, help="a retrieval PairsDatabase folder (Re-Imagen mode)")

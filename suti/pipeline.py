@@ -159,7 +159,7 @@ class SuTIPipeline:
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], subject_images: Sequence[ImageLike] | None = None,
                  subject_texts: Sequence[str] | str | None = None, num_images: int = 1, guidance: float = 5.0,
-                 guidance_mode: str = "text", context_guidance: float | None = None, text_ratio: float = 0.5,
+                 guidance_mode: str | None = None, context_guidance: float | None = None, text_ratio: float = 0.5,
                  steps: int | dict = 50, sampler: str = "ddim", eta: float = 0.0, seed: int | None = None,
                  threshold: str = "dynamic", start_at=None, stop_at=None, fit: str = "center-crop",
                  retrieve_from=None, k: int = 3, cache_context: bool = True, progress: bool = False,
@@ -192,6 +192,8 @@ class SuTIPipeline:
 
         generator = torch.Generator(device=self.device)
         generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
+        if guidance_mode is None:  # SuTI's interleaved guidance with a subject; plain text CFG without
+            guidance_mode = "interleaved" if exemplars is not None else "text"
         g = Guidance(scale=guidance, mode=guidance_mode if exemplars is not None else "text",
                      context_scale=context_guidance, text_ratio=text_ratio)
         images = self.cascade.sample(emb, mask, exemplars=exemplars, start_at=start_at, stop_at=stop_at,

@@ -64,7 +64,7 @@ def test_suti_copies_held_out_exemplar_colours(tiny_text_encoder):
     _, ex = _batch(HELD_OUT, ex_text, torch.Generator().manual_seed(1))
     kw = dict(steps=10, generator=torch.Generator().manual_seed(2))
     out = stage.sample(prompt_emb.expand(n, -1, -1), prompt_mask.expand(n, -1), exemplars=ex,
-                       guidance=Guidance(scale=3.0, mode="text"), **kw)
+                       guidance=Guidance(scale=3.0, mode="context"), **kw)
     got = out.mean((2, 3))
     err = (got - HELD_OUT).abs().mean(1)  # per held-out colour
     # chance: distance to the other held-out colours (what copying the wrong subject would score)
