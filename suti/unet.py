@@ -107,12 +107,18 @@ class Attention(nn.Module):
         if zero_out:
             zero_module(self.out)
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+    def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Keys and values (B, N, 2C) of a cross-attention token sequence. Split out so fixed tokens
+        (exemplar features) are projected once per generation, not once per step."""
+        return self.to_kv(self.kv_norm(tokens))
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                kv: torch.Tensor | None = None):
         b, c, h, w = x.shape
         q_in = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         q = self.to_q(q_in)
         if self.cross:
-            kv = self.to_kv(self.kv_norm(tokens))
+            kv = self.project_tokens(tokens) if kv is None else kv
             kv = torch.cat([self.null_kv.to(kv.dtype).expand(b, -1, -1), kv], dim=1)
             mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)
             attn_mask = mask[:, None, None, :]
@@ -126,6 +132,11 @@ class Attention(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
+class ProjectedContext(dict):
+    """Exemplar context after each context-attention layer's key/value projection:
+    ``{layer name: (kv (B, N, 2C), mask (B, N))}``. What the U-Net blocks read."""
+
+
 @dataclass
 class Conditioning:
     """Everything a U-Net block reads besides the feature map."""
@@ -133,7 +144,7 @@ class Conditioning:
     emb: torch.Tensor  # (B, E) time (+ aug level) + pooled text
     text: torch.Tensor  # (B, L, cond_dim)
     text_mask: torch.Tensor  # (B, L) bool
-    context: dict | None = None  # level key -> (tokens (B, N, C), mask (B, N)); see suti.context
+    context: ProjectedContext | None = None
 
 
 class Level(nn.Module):
@@ -150,7 +161,8 @@ class Level(nn.Module):
         self.cross_attn = Attention(ch, cfg.head_dim, g, kv_dim=cond_dim) if cross_attn else None
         # Exemplar features at this resolution have this level's channel count.
         self.context_attn = Attention(ch, cfg.head_dim, g, kv_dim=ch, zero_out=True) if context_attn else None
-        self.context_key = context_key
+        self.context_key = context_key  # which exemplar feature map this level reads
+        self.layer_name = context_key  # unique per Level; EfficientUNet sets down*/middle/up*
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         for block in self.blocks:
@@ -160,8 +172,8 @@ class Level(nn.Module):
         if self.cross_attn is not None:
             x = self.cross_attn(x, cond.text, cond.text_mask)
         if self.context_attn is not None and cond.context is not None:
-            tokens, mask = cond.context[self.context_key]
-            x = self.context_attn(x, tokens, mask)
+            kv, mask = cond.context[self.layer_name]
+            x = self.context_attn(x, mask=mask, kv=kv)
         return x
 
 
@@ -215,6 +227,12 @@ class EfficientUNet(nn.Module):
             )
             prev = out
 
+        for i, level in enumerate(self.down):
+            level.layer_name = f"down{i}"
+        self.middle.layer_name = "middle"
+        for i, level in zip(reversed(range(cfg.num_levels)), self.up):
+            level.layer_name = f"up{i}"
+
         self.out = nn.Sequential(nn.GroupNorm(min(cfg.num_groups, chs[0]), chs[0]), nn.SiLU(),
                                  zero_module(nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)))
 
@@ -261,13 +279,27 @@ class EfficientUNet(nn.Module):
     def forward(self, x, t, text_emb, text_mask, *, lowres=None, aug_level=None, context=None):
         """Predict eps or v for noisy images ``x`` (B,C,H,W) at continuous times ``t`` (B,) in [0, 1].
 
-        ``context`` is exemplar features from ``suti.context.encode_exemplars`` (or None).
+        ``context`` is exemplar features from ``suti.context.encode_exemplars``, or the same already
+        through ``project_context`` (what the sampler's exemplar cache holds), or None.
         """
         if x.shape[-1] != self.config.image_size or x.shape[-2] != self.config.image_size:
             raise ValueError(f"U-Net built for {self.config.image_size}px input, got {tuple(x.shape[-2:])}")
+        if context is not None and not isinstance(context, ProjectedContext):
+            context = self.project_context(context)
         cond = self.conditioning(t, text_emb, text_mask, aug_level, context)
         h, skips = self.encode(self._input(x, lowres), cond)
         return self.decode(h, skips, cond)
+
+    def project_context(self, features: dict) -> ProjectedContext:
+        """``{level key: (tokens, mask)}`` (``suti.context.encode_exemplars``) -> per-layer keys/values."""
+        out = ProjectedContext()
+        for level in [*self.down, self.middle, *self.up]:
+            if level.context_attn is not None:
+                if level.context_key not in features:
+                    raise KeyError(f"exemplar features lack {level.context_key!r} (have {sorted(features)})")
+                tokens, mask = features[level.context_key]
+                out[level.layer_name] = (level.context_attn.project_tokens(tokens), mask)
+        return out
 
     def exemplar_features(self, images, t, text_emb, text_mask, *, lowres=None, aug_level=None):
         """Encoder reuse (Re-Imagen/SuTI): run exemplars through the down stack and middle block with

@@ -5,6 +5,7 @@ from suti.cascade import Stage, convert_to_context_stage
 from suti.context import ExemplarContext, Exemplars, encode_exemplars
 from suti.presets import preset
 from suti.sampling import Guidance
+from suti.unet import ProjectedContext
 
 D = 16
 
@@ -59,8 +60,15 @@ def test_cache_equality_and_encode_count():
     assert torch.equal(a, b)
     ctx = ExemplarContext(st.unet, _exemplars(), cache=True)
     for _ in range(5):
-        ctx.features()
+        cached = ctx.features()
     assert ctx.encode_calls == 1
+    # The cache holds each context layer's keys/values (down, middle and up stack), not raw features,
+    # and feeding them gives the same output as feeding the raw exemplar features.
+    assert isinstance(cached, ProjectedContext)
+    assert {"middle"} < set(cached) and any(k.startswith("down") for k in cached) and any(k.startswith("up") for k in cached)
+    x, t = torch.randn(2, 3, 32, 32), torch.rand(2)
+    raw = encode_exemplars(st.unet, _exemplars())
+    assert torch.equal(st.unet(x, t, te, tm, context=cached), st.unet(x, t, te, tm, context=raw))
     ctx = ExemplarContext(st.unet, _exemplars(), cache=False)
     for _ in range(5):
         ctx.features()
