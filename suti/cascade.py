@@ -90,8 +90,9 @@ class Stage(nn.Module):
                exemplars: Exemplars | None = None, guidance: Guidance | None = None, steps: int = 50,
                sampler: str = "ddim", eta: float = 0.0, threshold: str = "dynamic",
                generator: torch.Generator | None = None, cache_context: bool = True, noise: torch.Tensor | None = None,
-               progress=None) -> torch.Tensor:
-        """Sample images (B,C,H,W) in [-1,1] for B text embeddings (and exemplars, for SuTI stages)."""
+               aug_level: float | None = None, progress=None) -> torch.Tensor:
+        """Sample images (B,C,H,W) in [-1,1] for B text embeddings (and exemplars, for SuTI stages).
+        ``aug_level`` overrides the config's fixed noise-conditioning level of an SR stage."""
         cfg = self.config.diffusion
         guidance = guidance or Guidance()
         b, dev = text_emb.shape[0], text_emb.device
@@ -99,12 +100,15 @@ class Stage(nn.Module):
         shape = (b, self.config.unet.out_channels, self.image_size, self.image_size)
         x_T = noise if noise is not None else torch.randn(shape, generator=generator, device=dev, dtype=dtype)
 
-        aug_level = lowres_in = None
+        level, aug_level, lowres_in = aug_level, None, None
         if self.config.unet.lowres_cond:
             if lowres is None:
                 raise ValueError(f"stage {self.name!r} is super-resolution and needs a low-res image")
             lowres = resize(lowres.to(dev, dtype), self.image_size)
-            aug_level = D.sample_aug_level(b, cfg, dev, train=False)
+            if level is not None and not 0.0 <= level <= 1.0:
+                raise ValueError(f"aug_level must be in [0, 1], got {level}")
+            aug_level = (D.sample_aug_level(b, cfg, dev, train=False) if level is None
+                         else torch.full((b,), float(level), device=dev))
             aug_noise = torch.randn(lowres.shape, generator=generator, device=dev, dtype=dtype)
             lowres_in = D.noise_augment(lowres, aug_level, cfg, aug_noise)
 
@@ -136,19 +140,28 @@ class Stage(nn.Module):
                                     logsnr_min=cfg.logsnr_min, logsnr_max=cfg.logsnr_max, progress=progress)
 
 
+def check_stage_chain(configs: list[StageConfig]) -> None:
+    """Stages fit together: a base stage first, each SR stage's input size is the previous output size,
+    and all read the same text embedding width (one text encoder serves the whole cascade)."""
+    if not configs:
+        raise ValueError("a cascade needs at least one stage")
+    if configs[0].unet.lowres_cond:
+        raise ValueError(f"the first stage {configs[0].name!r} must be a base (not super-resolution) stage")
+    for prev, nxt in zip(configs, configs[1:]):
+        if nxt.lowres_size != prev.image_size:
+            raise ValueError(f"stage {nxt.name!r} expects {nxt.lowres_size}px input but "
+                             f"{prev.name!r} makes {prev.image_size}px")
+    dims = {c.name: c.unet.text_embed_dim for c in configs}
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"stages read text embeddings of different widths {dims}; one text encoder serves all")
+
+
 class Cascade(nn.Module):
     """Stages in order (base first). Each stage has its own config and weights and trains on its own."""
 
     def __init__(self, stages: list[Stage]):
         super().__init__()
-        if not stages:
-            raise ValueError("a cascade needs at least one stage")
-        if stages[0].config.unet.lowres_cond:
-            raise ValueError(f"the first stage {stages[0].name!r} must be a base (not super-resolution) stage")
-        for prev, nxt in zip(stages, stages[1:]):
-            if nxt.config.lowres_size != prev.image_size:
-                raise ValueError(f"stage {nxt.name!r} expects {nxt.config.lowres_size}px input but "
-                                 f"{prev.name!r} makes {prev.image_size}px")
+        check_stage_chain([s.config for s in stages])
         self.stages = nn.ModuleList(stages)
 
     @property
@@ -172,9 +185,10 @@ class Cascade(nn.Module):
     def sample(self, text_emb, text_mask, *, exemplars: Exemplars | None = None, start_at=None, stop_at=None,
                start_images: torch.Tensor | None = None, guidance: Guidance | dict | None = None, steps=50,
                sampler="ddim", eta=0.0, threshold="dynamic", generator=None, cache_context=True,
-               return_all=False, progress=None):
+               aug_level=None, return_all=False, progress=None):
         """Run stages ``start_at`` .. ``stop_at`` (names or indices, inclusive). ``start_images`` feeds a
-        start stage other than the base. ``guidance``/``steps`` may be dicts keyed by stage name."""
+        start stage other than the base. ``guidance``, ``steps`` and ``aug_level`` may be dicts keyed by
+        stage name (a stage missing from the dict gets the dict's first value)."""
         i0, i1 = self._index(start_at, 0), self._index(stop_at, len(self.stages) - 1)
         if i0 > i1:
             raise ValueError(f"start_at={start_at!r} comes after stop_at={stop_at!r}")
@@ -186,7 +200,7 @@ class Cascade(nn.Module):
             images = stage.sample(
                 text_emb, text_mask, lowres=images, exemplars=exemplars if stage.uses_context else None,
                 guidance=pick(guidance), steps=pick(steps), sampler=sampler, eta=eta, threshold=threshold,
-                generator=generator, cache_context=cache_context,
+                generator=generator, cache_context=cache_context, aug_level=pick(aug_level),
                 progress=f"{stage.name}" if progress else None)
             outputs[stage.name] = images
         return outputs if return_all else images

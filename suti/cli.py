@@ -19,14 +19,21 @@ def _save_grid(images, out, cols=None):
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, cols=cols).save(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    make_grid(images, cols=cols).save(tmp, format="PNG")
+    tmp.replace(out)  # a killed run never leaves a half-written grid
     print(f"wrote {out} ({len(images)} images)")
+
+
+def _sampling_kwargs(args) -> dict:
+    return dict(num_images=args.num_images, guidance=args.guidance, steps=args.steps, sampler=args.sampler,
+                eta=args.eta, threshold=args.threshold, aug_level=args.aug_level, seed=args.seed,
+                stop_at=args.stop_at, progress=True)
 
 
 def cmd_sample(args):
     pipe = _pipe(args)
-    images = pipe(args.prompt, num_images=args.num_images, guidance=args.guidance, steps=args.steps,
-                  sampler=args.sampler, seed=args.seed, stop_at=args.stop_at, progress=True)
+    images = pipe(args.prompt, **_sampling_kwargs(args))
     _save_grid(images, args.out, cols=args.num_images)
 
 
@@ -41,9 +48,8 @@ def cmd_generate(args):
 
         retrieve = PairsDatabase.open(args.retrieve_from)
     images = pipe(args.prompt, subject_images=args.subject or None, subject_texts=texts,
-                  num_images=args.num_images, guidance=args.guidance, guidance_mode=args.guidance_mode,
-                  text_ratio=args.text_ratio, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                  fit=args.fit, stop_at=args.stop_at, retrieve_from=retrieve, k=args.k, progress=True)
+                  guidance_mode=args.guidance_mode, text_ratio=args.text_ratio, fit=args.fit,
+                  retrieve_from=retrieve, k=args.k, **_sampling_kwargs(args))
     _save_grid(images, args.out, cols=args.num_images)
 
 
@@ -115,6 +121,11 @@ def _sampling(p):
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic; ddpm uses 1)")
+    p.add_argument("--threshold", choices=["dynamic", "static", "none"], default="dynamic",
+                   help="x0 clipping: Imagen's dynamic thresholding (p=0.995), static [-1, 1], or none")
+    p.add_argument("--aug-level", type=float, default=None,
+                   help="noise-conditioning level of the SR stages (default: each stage config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-at", default=None, help="last stage to run (name)")
 
@@ -154,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", required=True, help="HF name or folder")
     p.add_argument("--stage", nargs="+", required=True, help="NAME=PRESET, base first, e.g. base=tiny-base32 sr=tiny-sr64")
     p.add_argument("--context", action="store_true", help="give the base stage SuTI context attention")
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128, help="text tokens (the default of suti text-cache and TextEncoder)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_init)
 
@@ -206,7 +217,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # missing/unreadable files and bad arguments: one line, no traceback
         print(f"suti {args.command}: error: {e}", file=sys.stderr)
         return 2
     return int(result or 0)

@@ -15,6 +15,17 @@ def _tuple_fields(obj):
             setattr(obj, f.name, tuple(v))
 
 
+def _build(cls, d: dict, where: str):
+    """``cls(**d)`` with a clear error for unknown keys (a typo in a config file or an override)."""
+    if isinstance(d, cls):
+        return d
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {sorted(known)}")
+    return cls(**d)
+
+
 @dataclass
 class UNetConfig:
     """Efficient U-Net (Imagen, appendix B). Per-level tuples run from the highest resolution down."""
@@ -37,6 +48,9 @@ class UNetConfig:
     time_embed_mult: int = 4
     dropout: float = 0.0
     lowres_cond: bool = False  # super-resolution stage: concat the upsampled low-res image
+    # Efficient U-Net SR stages also downsample in the first DBlock (and upsample after the last UBlock),
+    # so no residual block runs at full resolution: what keeps the 1024 stage's memory in bounds.
+    downsample_first: bool = False
     attention_pool_heads: int = 4
 
     def __post_init__(self):
@@ -47,8 +61,10 @@ class UNetConfig:
         for name in ("num_res_blocks", "self_attention", "cross_attention", "context_attention"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"UNetConfig.{name} has {len(getattr(self, name))} entries, channel_mults has {n}")
-        if self.image_size % (2 ** (n - 1)):
-            raise ValueError(f"UNetConfig.image_size={self.image_size} is not divisible by 2**{n - 1}")
+        factor = 2 ** (n if self.downsample_first else n - 1)
+        if self.image_size % factor:
+            raise ValueError(f"UNetConfig.image_size={self.image_size} is not divisible by {factor} "
+                             f"({n} levels, downsample_first={self.downsample_first})")
 
     @property
     def num_levels(self) -> int:
@@ -88,10 +104,8 @@ class StageConfig:
     lowres_size: int | None = None  # None for the base stage
 
     def __post_init__(self):
-        if isinstance(self.unet, dict):
-            self.unet = UNetConfig(**self.unet)
-        if isinstance(self.diffusion, dict):
-            self.diffusion = DiffusionConfig(**self.diffusion)
+        self.unet = _build(UNetConfig, self.unet, f"stage {self.name!r} unet config")
+        self.diffusion = _build(DiffusionConfig, self.diffusion, f"stage {self.name!r} diffusion config")
         if (self.lowres_size is not None) != self.unet.lowres_cond:
             raise ValueError(f"stage {self.name!r}: lowres_size is set iff unet.lowres_cond is True")
 
@@ -104,7 +118,7 @@ class StageConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageConfig":
-        return cls(**d)
+        return _build(cls, d, "stage config")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -9,7 +9,6 @@ Results go to a JSON with per-subject and overall means, next to the paper's anc
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path

@@ -10,15 +10,15 @@ stages stay text-conditioned unless their config enables context attention.
 """
 from __future__ import annotations
 
-import json
+import secrets
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .cascade import Cascade, Stage, convert_to_context_stage
-from .checkpoint import atomic_write_text, load_cascade, save_cascade, save_stage
+from .cascade import Cascade, Stage, check_stage_chain, convert_to_context_stage
+from .checkpoint import load_cascade, load_stage_config, read_json, save_cascade, save_stage
 from .config import CascadeConfig
 from .context import Exemplars
 from .images import ImageLike, load_image_tensor, tensor_to_pil
@@ -158,14 +158,17 @@ class SuTIPipeline:
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], subject_images: Sequence[ImageLike] | None = None,
-                 subject_texts: Sequence[str] | str | None = None, num_images: int = 1, guidance: float = 5.0,
+                 subject_texts: Sequence[str] | str | None = None, num_images: int = 1, guidance: float | dict = 5.0,
                  guidance_mode: str | None = None, context_guidance: float | None = None, text_ratio: float = 0.5,
                  steps: int | dict = 50, sampler: str = "ddim", eta: float = 0.0, seed: int | None = None,
                  threshold: str = "dynamic", start_at=None, stop_at=None, fit: str = "center-crop",
-                 retrieve_from=None, k: int = 3, cache_context: bool = True, progress: bool = False,
-                 output_type: str = "pil"):
+                 retrieve_from=None, k: int = 3, cache_context: bool = True, aug_level: float | dict | None = None,
+                 progress: bool = False, output_type: str = "pil"):
         """Generate ``num_images`` per prompt. Returns a list of PIL images (prompt-major order), or the
-        tensor in [-1, 1] with ``output_type="pt"``."""
+        tensor in [-1, 1] with ``output_type="pt"``.
+
+        ``guidance``, ``steps`` and ``aug_level`` (the SR stages' noise-conditioning level; default: each
+        stage config's ``noise_aug_sample``) take one value or a dict keyed by stage name."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("prompt is empty")
@@ -191,14 +194,17 @@ class SuTIPipeline:
             exemplars = self.prepare_exemplars(subject_images, subject_texts, size, fit).repeat(len(prompts) * num_images)
 
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
+        # No seed: a fresh one from the OS, leaving torch's global RNG as the caller set it.
+        generator.manual_seed(int(seed) if seed is not None else secrets.randbits(63))
         if guidance_mode is None:  # SuTI's interleaved guidance with a subject; plain text CFG without
             guidance_mode = "interleaved" if exemplars is not None else "text"
-        g = Guidance(scale=guidance, mode=guidance_mode if exemplars is not None else "text",
-                     context_scale=context_guidance, text_ratio=text_ratio)
+        make = lambda scale: Guidance(scale=scale, mode=guidance_mode if exemplars is not None else "text",  # noqa: E731
+                                      context_scale=context_guidance, text_ratio=text_ratio)
+        g = {name: make(v) for name, v in guidance.items()} if isinstance(guidance, dict) else make(guidance)
         images = self.cascade.sample(emb, mask, exemplars=exemplars, start_at=start_at, stop_at=stop_at,
                                      guidance=g, steps=steps, sampler=sampler, eta=eta, threshold=threshold,
-                                     generator=generator, cache_context=cache_context, progress=progress)
+                                     generator=generator, cache_context=cache_context, aug_level=aug_level,
+                                     progress=progress)
         return images if output_type == "pt" else tensor_to_pil(images)
 
 
@@ -212,10 +218,19 @@ def new_pipeline(text_encoder, stage_configs, text_max_length: int | None = None
 
 
 def save_stage_into(pipe_folder, stage: Stage) -> None:
-    """Replace one stage of a saved pipeline (each stage trains and saves on its own)."""
+    """Replace one stage of a saved pipeline (each stage trains and saves on its own). Refused, leaving
+    the folder as it was, when the stage does not fit the others (sizes, text embedding width)."""
     folder = Path(pipe_folder)
-    cfg = json.loads((folder / "cascade.json").read_text())
-    if stage.name not in cfg["stages"]:
-        raise ValueError(f"{folder} has no stage {stage.name!r}; stages: {cfg['stages']}")
+    names = list(CascadeConfig.from_dict(read_json(folder / "cascade.json")).stages)
+    if stage.name not in names:
+        raise ValueError(f"{folder} has no stage {stage.name!r}; stages: {names}")
+    old = load_stage_config(folder / stage.name)
+    configs = [stage.config if n == stage.name else load_stage_config(folder / n) for n in names]
+    try:
+        check_stage_chain(configs)
+        if stage.config.unet.text_embed_dim != old.unet.text_embed_dim:
+            raise ValueError(f"it reads {stage.config.unet.text_embed_dim}-d text embeddings, the checkpoint's "
+                             f"text encoder gives {old.unet.text_embed_dim}-d")
+    except ValueError as e:
+        raise ValueError(f"stage {stage.name!r} does not fit {folder}: {e}") from e
     save_stage(stage, folder / stage.name)
-    atomic_write_text(folder / "cascade.json", json.dumps(cfg, indent=2))

@@ -14,15 +14,16 @@ _PRESETS = {
     "base64": dict(unet=dict(image_size=64, base_channels=512, channel_mults=(1, 2, 3, 4), num_res_blocks=(3, 3, 3, 3),
                              self_attention=(False, True, True, True), cross_attention=(False, True, True, True),
                              head_dim=64), lowres_size=None),
-    # Efficient U-Net 64->256: more blocks at low resolution; attention only at the lowest level.
-    "sr256": dict(unet=dict(image_size=256, base_channels=128, channel_mults=(1, 2, 4, 8, 8),
-                            num_res_blocks=(2, 4, 8, 8, 8), self_attention=(False, False, False, False, True),
-                            cross_attention=(False, False, False, False, True), lowres_cond=True), lowres_size=64),
-    # Efficient U-Net 256->1024: no self-attention, text cross-attention at the lowest level only.
-    "sr1024": dict(unet=dict(image_size=1024, base_channels=128, channel_mults=(1, 2, 4, 8, 8),
-                             num_res_blocks=(2, 4, 8, 8, 8), self_attention=(False,) * 5,
-                             cross_attention=(False, False, False, False, True), middle_self_attention=False,
-                             lowres_cond=True), lowres_size=256),
+    # Efficient U-Net 64->256 (600M in the paper): four DBlocks of 128/256/512/1024 channels with 2/4/8/8
+    # residual blocks, each downsampling first (256 -> 16 px at the bottom); attention only at the lowest level.
+    "sr256": dict(unet=dict(image_size=256, base_channels=128, channel_mults=(1, 2, 4, 8), num_res_blocks=(2, 4, 8, 8),
+                            self_attention=(False, False, False, True), cross_attention=(False, False, False, True),
+                            downsample_first=True, lowres_cond=True), lowres_size=64),
+    # Efficient U-Net 256->1024 (400M in the paper): the same shape, no self-attention, text cross-attention
+    # at the lowest level only. Trained on 256 px crops in the paper; it is fully convolutional but for that.
+    "sr1024": dict(unet=dict(image_size=1024, base_channels=128, channel_mults=(1, 2, 4, 8), num_res_blocks=(2, 4, 8, 8),
+                             self_attention=(False,) * 4, cross_attention=(False, False, False, True),
+                             middle_self_attention=False, downsample_first=True, lowres_cond=True), lowres_size=256),
     # Tiny CPU family members (a few M parameters or less).
     "tiny-base32": dict(unet=dict(image_size=32, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=(1, 1, 2),
                                   self_attention=(False, False, True), cross_attention=(False, True, True),
@@ -35,10 +36,11 @@ _PRESETS = {
                                    head_dim=32), lowres_size=None),
     "tiny-sr64": dict(unet=dict(image_size=64, base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=(1, 1, 2),
                                 self_attention=(False, False, True), cross_attention=(False, False, True),
-                                head_dim=16, lowres_cond=True), lowres_size=32),
+                                head_dim=16, downsample_first=True, lowres_cond=True), lowres_size=32),
     "tiny-sr128": dict(unet=dict(image_size=128, base_channels=16, channel_mults=(1, 2, 4, 4), num_res_blocks=(1, 1, 2, 2),
                                  self_attention=(False,) * 4, cross_attention=(False, False, False, True),
-                                 middle_self_attention=False, head_dim=16, lowres_cond=True), lowres_size=64),
+                                 middle_self_attention=False, head_dim=16, downsample_first=True, lowres_cond=True),
+                   lowres_size=64),
 }
 
 PRESET_NAMES = tuple(_PRESETS)

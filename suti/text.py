@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -69,6 +70,12 @@ def _sentence_transformers_subfolder(modules: list) -> str | None:
     return None
 
 
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else that is not on disk is a missing folder."""
+    return (name.startswith((".", "~", "/")) or name.endswith("/") or name.count("/") > 1
+            or os.sep != "/" and os.sep in name)
+
+
 def _resolve_location(name_or_path: str, local_files_only: bool | None) -> tuple[str, str]:
     """Returns (name_or_path, subfolder) of the HF transformer weights.
 
@@ -92,6 +99,8 @@ def _resolve_location(name_or_path: str, local_files_only: bool | None) -> tuple
         return str(path), ""
     if path.exists():
         raise NotADirectoryError(f"text encoder path {path} exists but is not a folder")
+    if _looks_like_path(name_or_path):
+        raise FileNotFoundError(f"text encoder folder {name_or_path} does not exist (and it is not a hub name)")
     # Hub name: look for a sentence-transformers layout, quietly falling back to the root.
     try:
         from huggingface_hub import hf_hub_download

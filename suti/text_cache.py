@@ -30,6 +30,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .checkpoint import atomic_write_text
+
 __all__ = [
     "CACHE_VERSION", "TextCacheError", "TextEmbeddingCache", "build_text_cache",
     "normalize_caption", "read_captions", "add_precompute_subparser", "run_text_cache",
@@ -64,17 +66,8 @@ def _canonical_encoder_name(name: str) -> str:
     return str(path.resolve()) if path.is_dir() else str(name)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_write_json(path: Path, obj) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def _read_json(path: Path):
@@ -146,7 +139,7 @@ def build_text_cache(encoder, captions: Iterable[str], folder, batch_size: int =
         # Fresh files (new inodes), so any reader still mapping an old cache keeps its data.
         for stale in (progress_path, emb_path, mask_path):
             stale.unlink(missing_ok=True)
-        _atomic_write_text(captions_path, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in unique))
+        atomic_write_text(captions_path, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in unique))
         emb = np.lib.format.open_memmap(emb_path, mode="w+", dtype=_NP_DTYPES[dtype], shape=(n, length, dim))
         mask = np.lib.format.open_memmap(mask_path, mode="w+", dtype=np.bool_, shape=(n, length))
         _atomic_write_json(progress_path, {"spec": spec, "rows_done": 0})

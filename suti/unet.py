@@ -5,7 +5,8 @@ Read top to bottom: embeddings, residual block, attention blocks, the down/up le
 Efficient U-Net choices kept here:
 - more residual blocks at low resolution (per-level ``num_res_blocks``);
 - skip connections from the down stack are scaled by 1/sqrt(2);
-- down-sampling happens *before* a level's convolutions and up-sampling *after* them;
+- down-sampling happens *before* a level's convolutions and up-sampling *after* them (SR stages
+  with ``downsample_first`` do it at every level, so no block runs at full resolution);
 - text enters twice: cross-attention over token embeddings, and an attention-pooled vector
   added to the time embedding.
 
@@ -204,7 +205,8 @@ class EfficientUNet(nn.Module):
         self.down = nn.ModuleList()
         prev = chs[0]
         for i, ch in enumerate(chs):
-            self.downsamples.append(nn.Conv2d(prev, ch, 3, stride=2, padding=1) if i > 0 else nn.Identity())
+            down = i > 0 or cfg.downsample_first
+            self.downsamples.append(nn.Conv2d(prev, ch, 3, stride=2, padding=1) if down else nn.Identity())
             self.down.append(Level(cfg, ch, ch, cfg.num_res_blocks[i], emb_dim, cond_dim, cfg.self_attention[i],
                                    cfg.cross_attention[i], cfg.context_attention[i], f"level{i}"))
             prev = ch
@@ -221,9 +223,10 @@ class EfficientUNet(nn.Module):
             self.up.append(Level(cfg, prev + ch, ch, cfg.num_res_blocks[i], emb_dim, cond_dim,
                                  cfg.self_attention[i], cfg.cross_attention[i], cfg.context_attention[i], f"level{i}"))
             out = chs[i - 1] if i > 0 else ch
+            up = i > 0 or cfg.downsample_first
             self.upsamples.append(
                 nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, out, 3, padding=1))
-                if i > 0 else nn.Identity()
+                if up else nn.Identity()
             )
             prev = out
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_save_tensors, atomic_write_text, load_tensors, read_json
+from ..checkpoint import atomic_save_tensors, atomic_write_text, load_tensors, read_json, swap_folder
 
 CHECKPOINT_FORMAT = "suti-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -151,14 +151,7 @@ def commit_partial(run_dir, step: int, keep_last: int | None) -> Path:
     tmp, final = partial_dir(run_dir, step), checkpoints_dir(run_dir) / step_dir_name(step)
     if not (tmp / "trainer_state.json").is_file():
         raise RuntimeError(f"checkpoint {tmp} is incomplete (no trainer_state.json); not committing")
-    if final.exists():  # re-saving the same step (e.g. after resuming from it): swap atomically-ish
-        trash = final.with_name(f".{final.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        final.rename(trash)
-        tmp.rename(final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        tmp.rename(final)
+    swap_folder(tmp, final)  # re-saving the same step (e.g. after resuming from it) replaces it whole
     if keep_last:
         for _, old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

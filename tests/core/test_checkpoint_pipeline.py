@@ -1,12 +1,11 @@
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from suti.cascade import Cascade, Stage
+from suti.cascade import Stage
 from suti.checkpoint import load_stage, save_stage
 from suti.pipeline import SuTIPipeline, new_pipeline
 from suti.presets import preset
@@ -128,3 +127,62 @@ def test_from_text_to_image_conversion(tmp_path, tiny_text_encoder):
     suti.save_pretrained(tmp_path / "suti")
     cfg = json.loads((tmp_path / "suti" / "base" / "config.json").read_text())
     assert cfg["unet"]["middle_context_attention"] is True
+
+
+def test_config_typos_and_mismatched_weights_get_clear_errors(tmp_path):
+    from suti.config import StageConfig
+
+    d = preset("tiny-base32", text_embed_dim=8).to_dict()
+    d["unet"]["dropuot"] = 0.1
+    with pytest.raises(ValueError, match="unknown keys \\['dropuot'\\]"):
+        StageConfig.from_dict(d)
+    save_stage(Stage(preset("tiny-base32", text_embed_dim=8)), tmp_path / "s")
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    cfg["unet"]["base_channels"] = 16
+    (tmp_path / "s" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="model.safetensors does not match .*config.json.*shape"):
+        load_stage(tmp_path / "s")
+
+
+def test_set_stage_refuses_a_stage_that_does_not_fit(tmp_path, tiny_text_encoder):
+    from suti.cli import main
+
+    _pipe(tiny_text_encoder).save_pretrained(tmp_path / "ckpt")
+    before = (tmp_path / "ckpt" / "base" / "model.safetensors").read_bytes()
+    save_stage(Stage(preset("tiny-base32", text_embed_dim=tiny_text_encoder.dim + 8, stage_name="base")),
+               tmp_path / "wide")
+    save_stage(Stage(preset("tiny-base64", text_embed_dim=tiny_text_encoder.dim, stage_name="base")),
+               tmp_path / "big")
+    assert main(["set-stage", "--model", str(tmp_path / "ckpt"), str(tmp_path / "wide")]) == 2
+    assert main(["set-stage", "--model", str(tmp_path / "ckpt"), str(tmp_path / "big")]) == 2  # sr64 wants 32 px
+    assert (tmp_path / "ckpt" / "base" / "model.safetensors").read_bytes() == before
+    fits = Stage(preset("tiny-base32", text_embed_dim=tiny_text_encoder.dim, stage_name="base"))
+    save_stage(fits, tmp_path / "fits")
+    assert main(["set-stage", "--model", str(tmp_path / "ckpt"), str(tmp_path / "fits")]) == 0
+    assert (tmp_path / "ckpt" / "base" / "model.safetensors").read_bytes() != before
+    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_unseeded_call_leaves_global_rng_alone(tiny_text_encoder):
+    pipe = _pipe(tiny_text_encoder, sr=False)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    pipe("a cat", steps=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_aug_level_and_per_stage_guidance(tiny_text_encoder):
+    pipe = _pipe(tiny_text_encoder)
+    run = lambda **kw: pipe("a cat", steps=2, seed=4, output_type="pt", **kw)  # noqa: E731
+    default = run()
+    assert torch.equal(run(aug_level={"sr64": pipe.cascade.stage("sr64").config.diffusion.noise_aug_sample}), default)
+    assert not torch.equal(run(aug_level=0.9), default)
+    # guidance per stage: changing only the SR stage's scale leaves the base output alone
+    both = run(guidance={"base": 5.0, "sr64": 1.0})
+    assert not torch.equal(both, default)
+    low_a = pipe("a cat", steps=2, seed=4, output_type="pt", stop_at="base", guidance={"base": 5.0, "sr64": 1.0})
+    low_b = pipe("a cat", steps=2, seed=4, output_type="pt", stop_at="base")
+    assert torch.equal(low_a, low_b)
+    with pytest.raises(ValueError, match="aug_level"):
+        run(aug_level=1.5)

@@ -43,6 +43,44 @@ def test_samplers_reach_target_and_count_steps(sampler):
     assert torch.allclose(out, x0.expand_as(out), atol=1e-5)
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_every_step_stays_on_the_forward_marginal(eta):
+    """With the true x0 as the prediction, x_t after every step is alpha_t x0 + sigma_t eps with eps exactly
+    the starting noise (DDIM, eta=0) or eps ~ N(0, I) (DDPM posterior variance, eta=1). Unlike reaching
+    the target, this catches a wrong update or variance at any intermediate step."""
+    from suti.diffusion import alpha_sigma, cosine_logsnr
+    from suti.sampling import time_grid
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 32, 32, generator=g) * 1.6 - 0.8
+    eps = torch.randn(x0.shape, generator=g)
+    steps, ts = 6, time_grid(6)
+    a1, s1 = alpha_sigma(cosine_logsnr(ts[:1]))
+    x_T = a1 * x0 + s1 * eps
+    implied = []
+
+    def check(i, x, _):
+        if i < steps - 1:
+            a, s = alpha_sigma(cosine_logsnr(ts[i + 1:i + 2]))
+            implied.append((x - a * x0) / s)
+
+    ddim_sample(lambda x, t, step: x0, x_T, steps=steps, eta=eta, threshold="none",
+                generator=torch.Generator().manual_seed(1), callback=check)
+    assert len(implied) == steps - 1
+    corr = lambda a, b: float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])  # noqa: E731
+    logsnr = cosine_logsnr(ts)
+    for i, e in enumerate(implied):
+        if eta == 0.0:
+            assert torch.allclose(e, eps, atol=1e-4)
+        else:
+            assert abs(float(e.std()) - 1.0) < 0.03 and abs(float(e.mean())) < 0.03
+            # DDPM posterior q(x_s | x_t, x0): the noise carried over from t has weight sqrt(SNR_t / SNR_s),
+            # the rest is fresh, so consecutive implied noises correlate by exactly that.
+            prev = eps if i == 0 else implied[i - 1]  # the implied noise at ts[i]
+            expect = float(torch.exp((logsnr[i] - logsnr[i + 1]) / 2))
+            assert abs(corr(prev, e) - expect) < 0.03, (i, corr(prev, e), expect)
+
+
 def _stage():
     torch.manual_seed(0)
     st = Stage(preset("tiny-base32", text_embed_dim=16)).eval()

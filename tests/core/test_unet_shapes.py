@@ -8,6 +8,7 @@ from suti.unet import EfficientUNet
 
 TINY = [n for n in PRESET_NAMES if n.startswith("tiny")]
 PAPER = ["base64", "sr256", "sr1024"]
+SMALL = [n for n in PRESET_NAMES if n not in TINY + PAPER]
 
 
 def _shrink(cfg):
@@ -21,7 +22,7 @@ def _shrink(cfg):
     return dataclasses.replace(cfg, unet=unet, lowres_size=lowres)
 
 
-@pytest.mark.parametrize("name", TINY + PAPER)
+@pytest.mark.parametrize("name", TINY + SMALL + PAPER)
 @pytest.mark.parametrize("context", [False, True])
 def test_preset_shapes(name, context):
     cfg = preset(name, text_embed_dim=24, context=context)
@@ -66,6 +67,26 @@ def test_skip_scale_and_down_before_convs():
     assert isinstance(unet.downsamples[1], torch.nn.Conv2d) and unet.downsamples[1].stride == (2, 2)
     # up stack: the last level has no upsample; others upsample after their blocks
     assert isinstance(unet.upsamples[-1], torch.nn.Identity)
+
+
+@pytest.mark.parametrize("name", ["sr256", "sr1024"])
+def test_paper_sr_shapes_downsample_in_every_dblock(name):
+    """Efficient U-Net SR: 4 DBlocks (128/256/512/1024 ch, 2/4/8/8 blocks), each downsampling first, so the
+    bottom runs at 1/16 of the image size and nothing runs at full resolution."""
+    cfg = preset(name, text_embed_dim=4096)
+    assert cfg.unet.channel_mults == (1, 2, 4, 8) and cfg.unet.num_res_blocks == (2, 4, 8, 8)
+    with torch.device("meta"):
+        unet = EfficientUNet(cfg.unet)
+    assert all(isinstance(d, torch.nn.Conv2d) and d.stride == (2, 2) for d in unet.downsamples)
+    assert not any(isinstance(u, torch.nn.Identity) for u in unet.upsamples)
+    # Paper: 600M (256) and 400M (1024) with T5-XXL; this implementation lands in the same range.
+    assert 3e8 < unet.num_parameters() < 7e8
+    small = _shrink(preset(name, text_embed_dim=8, context=True))
+    s = small.unet.image_size
+    feats = EfficientUNet(small.unet).exemplar_features(
+        torch.randn(1, 3, s, s), torch.zeros(1), torch.randn(1, 2, 8), torch.ones(1, 2, dtype=torch.bool),
+        lowres=torch.randn(1, 3, s, s))
+    assert feats["middle"].shape[-1] == s // 16 and feats["level3"].shape[-1] == s // 16
 
 
 def test_bad_config_and_input_errors():

@@ -74,6 +74,10 @@ def test_rejects_bad_texts(t5_encoder):
 def test_load_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         TextEncoder.from_pretrained(tmp_path)
+    # A folder that does not exist is named as such, not sent to the hub as a malformed repo id.
+    for missing in (tmp_path / "gone", "./runs/text_encoder", "ckpt/a/text_encoder"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            TextEncoder.from_pretrained(missing)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         from suti.tiny import build_tiny_bert
         TextEncoder.from_pretrained(build_tiny_bert(), max_length=1000)
