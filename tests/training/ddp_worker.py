@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import save_file
 
 from suti.training import TrainConfig, Trainer
@@ -19,6 +20,7 @@ def main():
     trainer = Trainer(TrainConfig.from_dict(json.loads(cfg_path.read_text())))
     assert trainer.world == 2, f"expected 2 processes, got {trainer.world}"
     assert trainer.accelerator.distributed_type.value == "MULTI_CPU", trainer.accelerator.distributed_type
+    assert dist.is_initialized() and dist.get_backend() == "gloo" and dist.get_world_size() == 2, dist.get_backend()
     result = trainer.train()
     weights = {k: v.detach().contiguous() for k, v in trainer.stage.unet.state_dict().items()}
     save_file(weights, str(out / f"rank{trainer.rank}.safetensors"))
