@@ -2,9 +2,11 @@
 
 Measures, with 50 DDIM steps, guidance on and K=3 exemplars:
 - sampling time of SuTI with the exemplar cache / plain text-to-image (``cached_ratio``, goal <= 1.10);
-- the same without the cache (``uncached_ratio``: exemplars re-encoded in every step and branch);
+- the same without the cache (``uncached_ratio``: exemplars re-encoded and re-projected at every step; the
+  guidance branches of a step share one batched model call);
 - time to the first personalised image: SuTI (encode + sample) vs DreamBooth (400 fine-tuning steps
-  + prior images + sample) vs Textual Inversion (N steps + sample), on the same base;
+  + prior images + sample) vs Textual Inversion (its default 1000 steps + sample), on the same base, each
+  baseline with its library defaults otherwise (recorded in the JSON);
 - bytes stored per subject for each method.
 
     python benchmarks/context.py [--preset tiny-base64] [--out benchmarks/results/context.json]
@@ -12,6 +14,7 @@ Measures, with 50 DDIM steps, guidance on and K=3 exemplars:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -60,7 +63,7 @@ def main(argv=None):
     ap.add_argument("--guidance-mode", default="interleaved", choices=["text", "context", "joint", "interleaved"])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--dreambooth-steps", type=int, default=400)
-    ap.add_argument("--ti-steps", type=int, default=400)
+    ap.add_argument("--ti-steps", type=int, default=1000, help="Textual Inversion steps (its default)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
@@ -113,14 +116,15 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        db = dreambooth(t2i, images, "dog", DreamBoothConfig(steps=args.dreambooth_steps, lr=1e-5, batch_size=2,
-                                                             num_prior_images=8, prior_sampling_steps=args.steps))
+        db_cfg = DreamBoothConfig(steps=args.dreambooth_steps, prior_sampling_steps=args.steps)
+        db = dreambooth(t2i, images, "dog", db_cfg)
         db.pipe(db.prompt("{subject} on the beach"), **common)
         db_s = time.perf_counter() - t0
         db_bytes = folder_bytes(db.save_pretrained(tmp / "dreambooth"))
 
         t0 = time.perf_counter()
-        ti = textual_inversion(t2i, images, "dog", TextualInversionConfig(steps=args.ti_steps, batch_size=2))
+        ti_cfg = TextualInversionConfig(steps=args.ti_steps)
+        ti = textual_inversion(t2i, images, "dog", ti_cfg)
         t2i(f"a photo of {ti.token} on the beach", **common)
         ti_s = time.perf_counter() - t0
         ti_bytes = folder_bytes(ti.save(tmp / "ti.safetensors"))
@@ -142,12 +146,14 @@ def main(argv=None):
         "cached_ratio_goal": 1.10,
         "methods": {
             "suti": {"seconds_to_first_image": first_s, "bytes_per_subject": 0,
-                     "note": "no per-subject training or storage; exemplars are read at sampling time"},
+                     "exemplar_bytes": sum(folder_bytes(p) for p in images if isinstance(p, Path)),
+                     "note": "no per-subject training or stored weights; the user's own exemplar photos "
+                             "(exemplar_bytes, which every method needs as input) are read at sampling time"},
             "dreambooth": {"seconds_to_first_image": db_s, "bytes_per_subject": db_bytes,
-                           "fine_tune_steps": args.dreambooth_steps,
+                           "fine_tune_steps": args.dreambooth_steps, "config": dataclasses.asdict(db_cfg),
                            "note": "includes class-prior image generation and the first sample"},
             "textual_inversion": {"seconds_to_first_image": ti_s, "bytes_per_subject": ti_bytes,
-                                  "fine_tune_steps": args.ti_steps},
+                                  "fine_tune_steps": args.ti_steps, "config": dataclasses.asdict(ti_cfg)},
         },
     }
     result["methods"]["dreambooth"]["ratio_to_suti"] = db_s / first_s

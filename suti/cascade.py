@@ -76,7 +76,8 @@ class Stage(nn.Module):
             lowres_in = D.noise_augment(lowres, aug_level, cfg, aug_noise)
         context = None
         if exemplars is not None and self.uses_context:
-            feats = ExemplarContext(self.unet, exemplars, lowres=self._exemplar_lowres(exemplars)).features()
+            feats = ExemplarContext(self.unet, exemplars, t=cfg.exemplar_t, lowres=self._exemplar_lowres(exemplars),
+                                    batch=b).features()
             context = drop_context(feats, keep_context)
         out = self.unet(x_t, t, text_emb, text_mask, lowres=lowres_in, aug_level=aug_level, context=context)
         return D.diffusion_loss(out, x0, noise, logsnr, cfg)
@@ -115,7 +116,8 @@ class Stage(nn.Module):
         ctx = None
         if exemplars is not None and self.uses_context:
             exemplars = dataclasses.replace(exemplars, images=resize(exemplars.images, self.image_size)).to(dev, dtype)
-            ctx = ExemplarContext(self.unet, exemplars, lowres=self._exemplar_lowres(exemplars), cache=cache_context)
+            ctx = ExemplarContext(self.unet, exemplars, t=cfg.exemplar_t, lowres=self._exemplar_lowres(exemplars),
+                                  cache=cache_context, batch=b)
         text_mask = text_mask.bool().to(dev)
         text_emb = text_emb.to(dev, dtype)
         no_text = torch.zeros_like(text_mask)

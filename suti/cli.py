@@ -11,7 +11,15 @@ from pathlib import Path
 def _pipe(args):
     from .pipeline import SuTIPipeline
 
-    return SuTIPipeline.from_pretrained(args.model, device=args.device)
+    pipe = SuTIPipeline.from_pretrained(args.model, device=args.device)
+    for path in getattr(args, "textual_inversion", None) or []:
+        print(f"textual inversion tokens {pipe.load_textual_inversion(path)} from {path}")
+    if getattr(args, "dreambooth", None):
+        from .personalize.dreambooth import load_dreambooth
+
+        pipe = load_dreambooth(pipe, args.dreambooth)
+        print(f"DreamBooth base stage from {args.dreambooth}; its subject is {pipe.instance_prompt!r}")
+    return pipe
 
 
 def _save_grid(images, out, cols=None):
@@ -48,7 +56,8 @@ def cmd_generate(args):
 
         retrieve = PairsDatabase.open(args.retrieve_from)
     images = pipe(args.prompt, subject_images=args.subject or None, subject_texts=texts,
-                  guidance_mode=args.guidance_mode, text_ratio=args.text_ratio, fit=args.fit,
+                  guidance_mode=args.guidance_mode, context_guidance=args.context_guidance,
+                  text_ratio=args.text_ratio, fit=args.fit,
                   retrieve_from=retrieve, k=args.k, **_sampling_kwargs(args))
     _save_grid(images, args.out, cols=args.num_images)
 
@@ -128,6 +137,10 @@ def _sampling(p):
                    help="noise-conditioning level of the SR stages (default: each stage config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-at", default=None, help="last stage to run (name)")
+    p.add_argument("--textual-inversion", nargs="+", default=[], metavar="FILE",
+                   help="learned token embeddings (suti textual-inversion --out) to load first")
+    p.add_argument("--dreambooth", default=None, metavar="FOLDER",
+                   help="a DreamBooth result folder (suti dreambooth --out): its fine-tuned base stage is used")
 
 
 _EXTENSIONS = [  # (module, function) adding subcommands owned by other packages
@@ -156,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-mode", choices=["text", "context", "joint", "interleaved", "none"], default=None,
                    help="guidance with subject images (default: interleaved)")
     p.add_argument("--text-ratio", type=float, default=0.5, help="interleaved guidance: share of text-guided steps")
+    p.add_argument("--context-guidance", type=float, default=None,
+                   help="scale of the context-guided steps (default: --guidance)")
     p.add_argument("--fit", choices=["center-crop", "pad"], default="center-crop")
     p.add_argument("--retrieve-from", default=None, help="a retrieval PairsDatabase folder (Re-Imagen mode)")
     p.add_argument("--k", type=int, default=3)

@@ -83,6 +83,7 @@ class DiffusionConfig:
     loss: str = "mse"  # "mse" or "l1"
     text_drop_prob: float = 0.1  # text (and context) dropped together: classifier-free guidance
     context_drop_prob: float = 0.1  # context alone dropped (SuTI)
+    exemplar_t: float = 0.0  # noise level the exemplars are encoded at (Re-Imagen/SuTI: clean, t=0)
     # Noise-conditioning augmentation for SR stages: uniform level in [0, max] at training, fixed at sampling.
     noise_aug_max: float = 0.5
     noise_aug_sample: float = 0.2

@@ -82,8 +82,15 @@ class ExemplarContext:
     values once, then reused at every step and guidance branch (``cache=True``). ``cache=False``
     redoes both on every call (the benchmark's reference; same numbers, more time)."""
 
-    def __init__(self, unet: EfficientUNet, exemplars: Exemplars, t: float = 0.0, lowres=None, cache: bool = True):
+    def __init__(self, unet: EfficientUNet, exemplars: Exemplars, t: float = 0.0, lowres=None, cache: bool = True,
+                 batch: int | None = None):
+        """``batch``: rows the sampler runs. Exemplars with fewer rows (one subject for several images or
+        prompts) are encoded at their own batch size and their keys/values repeated to ``batch`` rows."""
+        b = exemplars.images.shape[0]
+        if batch is not None and batch % b:
+            raise ValueError(f"{b} exemplar rows cannot be spread over a batch of {batch}")
         self.unet, self.exemplars, self.t, self.lowres, self.cache = unet, exemplars, t, lowres, cache
+        self.repeats = 1 if batch is None else batch // b
         self._features = None
         self.encode_calls = 0
 
@@ -92,6 +99,9 @@ class ExemplarContext:
             return self._features
         self.encode_calls += 1
         feats = self.unet.project_context(encode_exemplars(self.unet, self.exemplars, self.t, self.lowres))
+        if self.repeats > 1:
+            feats = ProjectedContext((key, (kv.repeat_interleave(self.repeats, 0), m.repeat_interleave(self.repeats, 0)))
+                                     for key, (kv, m) in feats.items())
         if self.cache:
             self._features = feats
         return feats

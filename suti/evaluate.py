@@ -1,7 +1,12 @@
 """DreamBench protocol (Ruiz et al. 2023; SuTI table 1): DINO, CLIP-I and CLIP-T.
 
 For each subject folder (photos of one subject) and each prompt of its kind (object or live), generate
-images from the subject's photos and score:
+images of that subject with one method and score them:
+- ``suti``: the subject's photos are the exemplars (no per-subject training);
+- ``dreambooth`` / ``textual_inversion``: the paper's baselines, fine-tuned per subject on the same cascade
+  first (the prompt's unique token is the learned identifier).
+
+Scores:
 - CLIP-T: cosine between the generated image and the prompt (with the subject's class noun);
 - CLIP-I: mean cosine between generated and real images (CLIP image embeddings);
 - DINO:   the same with a self-supervised ViT (e.g. ``facebook/dino-vits16`` folder), when given.
@@ -74,9 +79,34 @@ def mean_pairwise(a: np.ndarray, b: np.ndarray) -> float:
     return float((a @ b.T).mean())
 
 
+METHODS = ("suti", "dreambooth", "textual_inversion")
+
+
+def subject_generator(pipe, method: str, name: str, real: list, cls: str, k: int, baseline_steps: int | None):
+    """``generate(prompt template, **sampling) -> images`` for one subject. SuTI reads ``k`` of the photos as
+    exemplars; the baselines first fine-tune on all of them (timed by the caller)."""
+    from .personalize import DreamBoothConfig, TextualInversionConfig, dreambooth, textual_inversion
+
+    if method == "suti":
+        return lambda p, **kw: pipe(fill(p, "", cls).replace("  ", " ").strip(), subject_images=real[:k],
+                                    subject_texts=f"a photo of a {cls}", **kw)
+    steps = {} if baseline_steps is None else {"steps": baseline_steps}
+    if method == "dreambooth":
+        res = dreambooth(pipe, real, cls, DreamBoothConfig(**steps), progress=False)
+        token = res.instance_prompt.split()[1]  # "a sks dog" -> "sks"
+        return lambda p, **kw: res.pipe(fill(p, token, cls), **kw)
+    if method == "textual_inversion":
+        res = textual_inversion(pipe, real, cls, TextualInversionConfig(token=f"<{name}>", **steps), progress=False)
+        return lambda p, **kw: pipe(fill(p, res.token, "").replace("  ", " ").strip(), **kw)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
 def evaluate(pipe, root, embedder, dino: DinoScorer | None = None, subjects: list[str] | None = None,
              prompts_per_subject: int | None = None, num_images: int = 1, k: int = 3, steps: int = 50,
-             guidance: float = 5.0, seed: int = 0, grid_path=None) -> dict:
+             guidance: float = 5.0, seed: int = 0, grid_path=None, method: str = "suti",
+             baseline_steps: int | None = None) -> dict:
+    import time
+
     from tqdm.auto import tqdm
 
     root = Path(root)
@@ -84,19 +114,25 @@ def evaluate(pipe, root, embedder, dino: DinoScorer | None = None, subjects: lis
     names = subjects or sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in classes)
     if not names:
         raise ValueError(f"{root}: no subject folders that prompts_and_classes.txt names")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     per_subject, grid = {}, []
-    for name in tqdm(names, desc="dreambench"):
+    for name in tqdm(names, desc=f"dreambench ({method})"):
         cls = classes[name]
         real: list[ImageLike] = sorted((root / name).glob("*.jpg"))
+        if not real:
+            raise ValueError(f"{root / name}: no .jpg photos of subject {name!r}")
         kind = "live" if cls in LIVE_CLASSES else "object"
         plist = prompts[kind][:prompts_per_subject] if prompts_per_subject else prompts[kind]
         real_clip = embedder.embed_images(real)
         real_dino = dino.embed(real) if dino else None
         scores = {"clip_i": [], "clip_t": [], "dino": []}
+        t0 = time.perf_counter()
+        generate = subject_generator(pipe, method, name, real, cls, k, baseline_steps)
+        setup_s = time.perf_counter() - t0
         for i, p in enumerate(plist):
-            prompt = fill(p, "", cls).replace("  ", " ").strip()
-            images = pipe(prompt, subject_images=real[:k], subject_texts=f"a photo of a {cls}", num_images=num_images,
-                          steps=steps, guidance=guidance, seed=seed + i)
+            prompt = fill(p, "", cls).replace("  ", " ").strip()  # what CLIP-T scores: the prompt, no identifier
+            images = generate(p, num_images=num_images, steps=steps, guidance=guidance, seed=seed + i)
             gen = embedder.embed_images(images)
             scores["clip_i"].append(mean_pairwise(gen, real_clip))
             scores["clip_t"].append(float(embedder.image_text_scores(gen, embedder.embed_texts([prompt] * len(gen))).mean()))
@@ -106,12 +142,14 @@ def evaluate(pipe, root, embedder, dino: DinoScorer | None = None, subjects: lis
                 grid.extend(images[:1])
         per_subject[name] = {m: (float(np.mean(v)) if v else None) for m, v in scores.items()}
         per_subject[name]["prompts"] = len(plist)
+        per_subject[name]["setup_s"] = setup_s  # per-subject fine-tuning time (0 for SuTI)
     overall = {m: (float(np.mean([s[m] for s in per_subject.values()])) if dino or m != "dino" else None)
                for m in ("dino", "clip_i", "clip_t")}
     if grid_path:
         make_grid(grid).save(grid_path)
-    return {"overall": overall, "subjects": per_subject, "paper_anchors_dino_clipi_clipt": PAPER_ANCHORS,
-            "dino_model": None if dino is None else "given", "k": k, "steps": steps, "guidance": guidance}
+    return {"method": method, "overall": overall, "subjects": per_subject,
+            "paper_anchors_dino_clipi_clipt": PAPER_ANCHORS, "dino_model": None if dino is None else "given",
+            "k": k, "steps": steps, "guidance": guidance, "baseline_steps": baseline_steps}
 
 
 def add_subparser(subparsers):
@@ -123,6 +161,9 @@ def add_subparser(subparsers):
     p.add_argument("--subjects", nargs="*", default=None)
     p.add_argument("--prompts-per-subject", type=int, default=None)
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--method", choices=METHODS, default="suti",
+                   help="suti (exemplars, no training) or a per-subject baseline on the same cascade")
+    p.add_argument("--baseline-steps", type=int, default=None, help="fine-tuning steps of a baseline (its default)")
     p.add_argument("--out", required=True, help="output JSON (a PNG grid is written beside it)")
     p.set_defaults(func=_run)
 
@@ -141,7 +182,7 @@ def _run(args):
     dino = DinoScorer(args.dino) if args.dino else None
     out = Path(args.out)
     res = evaluate(pipe, args.dreambench, emb, dino, args.subjects, args.prompts_per_subject, steps=args.steps,
-                   grid_path=out.with_suffix(".png"))
+                   grid_path=out.with_suffix(".png"), method=args.method, baseline_steps=args.baseline_steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps(res["overall"], indent=2))

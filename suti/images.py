@@ -25,6 +25,11 @@ class ImageLoadError(ValueError):
 def open_image(src: ImageLike, name: str | None = None) -> Image.Image:
     """Open and fully decode an image from a path, bytes or PIL image, naming the source on failure."""
     if isinstance(src, Image.Image):
+        label = name or getattr(src, "filename", None) or "<PIL image>"
+        try:
+            src.load()  # a lazily opened image of a truncated file fails here, named
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageLoadError(f"{label}: cannot decode image ({type(e).__name__}: {e})") from e
         return src
     label = name or (str(src) if isinstance(src, (str, Path)) else "<bytes>")
     try:
@@ -51,11 +56,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """EXIF-orient and convert any mode to 8-bit RGB."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        if img.mode in ("I", "F") and arr.max() <= 255 and arr.min() >= 0:
-            hi = 255.0
-        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) / _white_level(img) * 255.0 + 0.5, 0, 255)
+                              .astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -63,6 +65,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, rgba)
     return img.convert("RGB")
+
+
+def _white_level(img: Image.Image) -> float:
+    """The value that means white in a high-bit-depth greyscale image, from its mode and range: a fixed
+    convention (not the image's own maximum), so a flat or dark image keeps its brightness."""
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    lo, hi = img.getextrema()
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        return 1.0  # float images in [0, 1]
+    for level in (255.0, 65535.0):  # 8- or 16-bit data stored in a 32-bit mode
+        if hi <= level:
+            return level
+    return float(hi)  # wider data: scale its own range
 
 
 def fit_square(img: Image.Image, size: int, mode: str = "center-crop", fill=(255, 255, 255)) -> Image.Image:

@@ -143,7 +143,9 @@ class SuTIPipeline:
         texts = list(texts)
         if len(texts) != len(images):
             raise ValueError(f"subject_texts has {len(texts)} entries for {len(images)} subject_images")
-        pixels = torch.stack([load_image_tensor(im, size, fit) for im in images])[None].to(self.device)
+        pixels = torch.stack([load_image_tensor(im, size, fit, name=None if isinstance(im, (str, Path)) else
+                                                f"subject_images[{i}]") for i, im in enumerate(images)])
+        pixels = pixels[None].to(self.device)
         emb, mask = self.encode_text(texts)
         return Exemplars(images=pixels, text_emb=emb[None], text_mask=mask[None],
                          mask=torch.ones(1, len(images), dtype=torch.bool, device=self.device))
@@ -191,7 +193,8 @@ class SuTIPipeline:
                 raise ValueError("this checkpoint has no context attention (text-to-image only); convert it with "
                                  "SuTIPipeline.from_text_to_image and train it to use subject_images")
             size = max(s.image_size for s in ctx_stages)
-            exemplars = self.prepare_exemplars(subject_images, subject_texts, size, fit).repeat(len(prompts) * num_images)
+            # One row: the stages encode the subject once and share its keys/values across every image.
+            exemplars = self.prepare_exemplars(subject_images, subject_texts, size, fit)
 
         generator = torch.Generator(device=self.device)
         # No seed: a fresh one from the OS, leaving torch's global RNG as the caller set it.

@@ -172,8 +172,14 @@ class Level(nn.Module):
             x = self.self_attn(x)
         if self.cross_attn is not None:
             x = self.cross_attn(x, cond.text, cond.text_mask)
-        if self.context_attn is not None and cond.context is not None:
-            kv, mask = cond.context[self.layer_name]
+        if self.context_attn is not None:
+            if cond.context is None:
+                # No exemplars: attend to the learned null key/value alone, which is exactly what training
+                # sees for rows whose context was dropped, so "no subject" stays on a trained path.
+                kv = x.new_zeros(x.shape[0], 0, 2 * x.shape[1])
+                mask = torch.zeros(x.shape[0], 0, dtype=torch.bool, device=x.device)
+            else:
+                kv, mask = cond.context[self.layer_name]
             x = self.context_attn(x, mask=mask, kv=kv)
         return x
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_write_text, load_stage, save_stage
+from ..checkpoint import atomic_write_text, load_stage, read_json, save_stage
 from ..images import ImageLike
 from .common import augment, pick, subject_tensor
 
@@ -64,7 +64,7 @@ def load_dreambooth(pipe, folder):
     from ..pipeline import SuTIPipeline
 
     folder = Path(folder)
-    meta = json.loads((folder / "dreambooth.json").read_text())
+    meta = read_json(folder / "dreambooth.json")
     stage = load_stage(folder / "stage", device=pipe.device)
     new = SuTIPipeline(Cascade([stage] + list(pipe.cascade.stages[1:])), pipe.text_encoder, pipe.config)
     new.instance_prompt = meta["instance_prompt"]

@@ -75,6 +75,56 @@ def test_cache_equality_and_encode_count():
     assert ctx.encode_calls == 5
 
 
+@pytest.mark.parametrize("mode", ["text", "context", "joint", "interleaved"])
+def test_sampler_encodes_once_per_generation_in_every_guidance_mode(mode, monkeypatch):
+    """The sampler itself uses the cache: one exemplar encode per generation (every step and guidance
+    branch reuses it), one per step without it, and the same numbers either way, in every guidance mode,
+    including those whose reference branch drops the context."""
+    from suti.unet import EfficientUNet
+
+    st = _trained_context_stage()
+    calls = []
+    real = EfficientUNet.exemplar_features
+    monkeypatch.setattr(EfficientUNet, "exemplar_features", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    te, tm = torch.randn(2, 4, D), torch.ones(2, 4, dtype=torch.bool)
+    x_T = torch.randn(2, 3, 32, 32)
+    g = Guidance(scale=4.0, mode=mode, text_ratio=0.5)
+    cached = st.sample(te, tm, steps=4, noise=x_T, exemplars=_exemplars(), guidance=g, cache_context=True)
+    assert len(calls) == 1
+    uncached = st.sample(te, tm, steps=4, noise=x_T, exemplars=_exemplars(), guidance=g, cache_context=False)
+    assert len(calls) == 1 + 4
+    assert torch.equal(cached, uncached), mode
+
+
+def test_one_subject_is_encoded_once_for_many_images():
+    """A single exemplar row spread over a batch (one subject, several images) gives the same images as
+    the exemplars repeated per row, with one encode at batch 1."""
+    st = _trained_context_stage()
+    te, tm = torch.randn(3, 4, D), torch.ones(3, 4, dtype=torch.bool)
+    x_T = torch.randn(3, 3, 32, 32)
+    one = _exemplars(1, seed=4)
+    g = Guidance(mode="interleaved")
+    a = st.sample(te, tm, steps=3, noise=x_T, exemplars=one, guidance=g)
+    b = st.sample(te, tm, steps=3, noise=x_T, exemplars=one.repeat(3), guidance=g)
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot be spread"):
+        st.sample(te[:2], tm[:2], steps=1, noise=x_T[:2], exemplars=_exemplars(3))
+
+
+def test_no_exemplars_takes_the_trained_null_context_path():
+    """No exemplars = every exemplar dropped, as in training's context drop (null key/value only)."""
+    st = _trained_context_stage()
+    x, t = torch.randn(2, 3, 32, 32), torch.rand(2)
+    te, tm = torch.randn(2, 4, D), torch.ones(2, 4, dtype=torch.bool)
+    from suti.context import drop_context
+
+    dropped = drop_context(encode_exemplars(st.unet, _exemplars()), torch.zeros(2, dtype=torch.bool))
+    assert torch.allclose(st.unet(x, t, te, tm, context=None), st.unet(x, t, te, tm, context=dropped), atol=1e-5)
+    # and that path is not a no-op once the context layers are trained
+    plain = _t2i()
+    assert not torch.allclose(st.unet(x, t, te, tm), plain.unet(x, t, te, tm), atol=1e-3)
+
+
 def test_context_changes_output_once_trained():
     st = _trained_context_stage()
     te, tm = torch.randn(1, 4, D), torch.ones(1, 4, dtype=torch.bool)

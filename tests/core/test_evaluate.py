@@ -42,3 +42,12 @@ def test_evaluate_scores_real_subject(tmp_path, tiny_text_encoder):
     assert s["prompts"] == 2 and -1 <= s["clip_i"] <= 1 and -1 <= s["clip_t"] <= 1 and s["dino"] is None
     assert (tmp_path / "grid.png").is_file()
     json.dumps(res)
+    # The paper's baselines through the same protocol: fine-tuned per subject first, then prompted with the
+    # learned identifier; CLIP-T still scores the plain prompt.
+    for method in ("dreambooth", "textual_inversion"):
+        res = evaluate(pipe, root, clip, prompts_per_subject=1, steps=1, method=method, baseline_steps=2)
+        s = res["subjects"]["teapot"]
+        assert res["method"] == method and s["setup_s"] > 0 and -1 <= s["clip_i"] <= 1
+    assert "<teapot>" in pipe.token_embeddings
+    with pytest.raises(ValueError, match="method"):
+        evaluate(pipe, root, clip, method="imagic")

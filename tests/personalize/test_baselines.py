@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 from PIL import Image
 
@@ -36,6 +37,25 @@ def test_dreambooth_trains_saves_stage_only_and_reloads(tmp_path, tiny_text_enco
     a = res.pipe("a sks dog", steps=2, seed=0, output_type="pt")
     b = loaded("a sks dog", steps=2, seed=0, output_type="pt")
     assert torch.equal(a, b)
+    # and from the command line, on the untouched checkpoint folder
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert np.array_equal(_cli_grid(tmp_path, "--dreambooth", str(tmp_path / "db"), prompt="a sks dog"),
+                          _grid(res.pipe("a sks dog", num_images=2, steps=2, seed=0)))
+
+
+def _grid(images):
+    from suti.images import make_grid
+
+    return np.asarray(make_grid(images, cols=len(images)))
+
+
+def _cli_grid(tmp_path, *flags, prompt):
+    from suti.cli import main
+
+    out = tmp_path / "cli.png"
+    assert main(["sample", "--model", str(tmp_path / "pipe"), "--prompt", prompt, "--num-images", "2", "--steps", "2",
+                 "--seed", "0", "--out", str(out), *flags]) == 0
+    return np.asarray(Image.open(out).convert("RGB"))
 
 
 def test_textual_inversion_learns_token_model_frozen(tmp_path, tiny_t5_dir):
@@ -53,6 +73,11 @@ def test_textual_inversion_learns_token_model_frozen(tmp_path, tiny_t5_dir):
     assert set(load_token_embeddings(path)) == {"<s1>"}
     assert path.stat().st_size < 10_000
     a = pipe("a photo of <s1>", steps=2, seed=0, output_type="pt")
+    # the embeddings file alone, loaded by the CLI into a checkpoint that never had the token
+    clean = _pipe(TextEncoder.from_pretrained(tiny_t5_dir, max_length=16))
+    clean.save_pretrained(tmp_path / "pipe")
+    assert np.array_equal(_cli_grid(tmp_path, "--textual-inversion", str(path), prompt="a photo of <s1>"),
+                          _grid(pipe("a photo of <s1>", num_images=2, steps=2, seed=0)))
     # load into a fresh pipeline from disk: same output
     pipe.save_pretrained(tmp_path / "pipe")
     fresh = SuTIPipeline.from_pretrained(tmp_path / "pipe")
