@@ -1,7 +1,7 @@
 """Stage 1: decode and validate. Bytes in, RGB JPEG records out; every refusal is counted with a reason.
 
-Reasons: no_page_url, bad_page_url, no_image, missing_file, unreadable_file, empty, not_an_image,
-too_many_pixels, truncated, corrupt, too_small, bad_aspect.
+Reasons: no_page_url, bad_page_url, unsupported_url_scheme, no_image, missing_file, unreadable_file, empty,
+not_an_image, too_many_pixels, truncated, corrupt, too_small, bad_aspect.
 """
 from __future__ import annotations
 
@@ -112,8 +112,8 @@ def decode_one(raw: RawRecord, cfg: DecodeConfig, group: GroupConfig) -> Record:
     try:
         page_key = normalize_page_url(raw.page_url, merge_http_https=group.merge_http_https,
                                       strip_www=group.strip_www)
-    except URLError:
-        raise Rejected("bad_page_url") from None
+    except URLError as e:
+        raise Rejected(e.reason) from None
     data = raw.image_bytes
     if data is None:
         if not raw.image_path:

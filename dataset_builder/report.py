@@ -8,6 +8,7 @@ import io
 from PIL import Image
 
 from .counts import Counts
+from .urls import is_web_url
 
 
 def thumbnail_uri(image, size: int) -> str:
@@ -41,6 +42,16 @@ def _fmt(x):
     return "-" if x is None else f"{x:.3f}"
 
 
+def _link(url) -> str:
+    """An anchor only for http(s) URLs (never javascript:/data: hrefs); the text is always escaped."""
+    text = html.escape(str(url or ""))
+    return f"<a href='{html.escape(str(url).strip())}'>{text}</a>" if is_web_url(url) else text
+
+
+def _img(src) -> str:
+    return f"<img src='{html.escape(str(src))}'>"
+
+
 def contact_sheet_html(kept: list[dict], rejected: list[dict], stats: dict) -> str:
     """kept/rejected: cluster summaries with thumbnail data URIs (see local.cluster_summary)."""
     e = html.escape
@@ -53,27 +64,28 @@ def contact_sheet_html(kept: list[dict], rejected: list[dict], stats: dict) -> s
     parts.append("<p>" + " &middot; ".join(f"{e(k)}: {e(str(v))}" for k, v in rates.items()) + "</p>")
     parts.append(f"<h2>Kept clusters (sample of {len(kept)})</h2>")
     for c in kept:
-        parts.append(f"<div class='c'><h3>{e(c['cluster_id'])} &middot; <a href='{e(c['page_url'])}'>"
-                     f"{e(c['page_url'])}</a></h3><div>subject: <b>{e(c.get('subject', ''))}</b> &middot; "
-                     f"mean similarity {_fmt(c.get('mean_similarity'))} &middot; {c.get('n_members')} members"
-                     f"</div><div class='row'>")
+        parts.append(f"<div class='c'><h3>{e(c['cluster_id'])} &middot; {_link(c['page_url'])}</h3>"
+                     f"<div>subject: <b>{e(str(c.get('subject') or ''))}</b> &middot; "
+                     f"mean similarity {_fmt(c.get('mean_similarity'))} &middot; {e(str(c.get('n_members')))} "
+                     f"members</div><div class='row'>")
         for x in c.get("exemplars", []):
-            parts.append(f"<figure><img src='{x['thumb']}'><figcaption>exemplar &middot; sim "
-                         f"{_fmt(x.get('centroid_similarity'))}<br>{e(x.get('caption', ''))}</figcaption></figure>")
+            parts.append(f"<figure>{_img(x['thumb'])}<figcaption>exemplar &middot; sim "
+                         f"{_fmt(x.get('centroid_similarity'))}<br>{e(str(x.get('caption') or ''))}"
+                         "</figcaption></figure>")
         for t in c.get("targets", []):
             cls = "" if t.get("kept") else " class='rej'"
             why = "" if t.get("kept") else f"<br><span class='bad'>{e(t.get('reject_reason') or '')}</span>"
-            parts.append(f"<figure{cls}><img src='{t['thumb']}'><figcaption>{e(t.get('skill', ''))}: "
-                         f"{e(t.get('prompt', ''))}<br>CLIP-T {_fmt(t.get('clip_t'))} CLIP-I "
+            parts.append(f"<figure{cls}>{_img(t['thumb'])}<figcaption>{e(str(t.get('skill') or ''))}: "
+                         f"{e(str(t.get('prompt') or ''))}<br>CLIP-T {_fmt(t.get('clip_t'))} CLIP-I "
                          f"{_fmt(t.get('clip_i'))}{why}</figcaption></figure>")
         parts.append("</div></div>")
     parts.append(f"<h2>Rejected clusters (sample of {len(rejected)})</h2>")
     for c in rejected:
-        parts.append(f"<div class='c'><h3>{e(c['cluster_id'])} &middot; {e(c['page_url'])}</h3>"
+        parts.append(f"<div class='c'><h3>{e(c['cluster_id'])} &middot; {_link(c['page_url'])}</h3>"
                      f"<div class='bad'>rejected: {e(c['reason'])} &middot; mean similarity "
                      f"{_fmt(c.get('mean_similarity'))}</div><div class='row'>")
         for x in c.get("members", []):
-            parts.append(f"<figure><img src='{x['thumb']}'><figcaption>{e(x.get('caption', ''))}</figcaption>"
+            parts.append(f"<figure>{_img(x['thumb'])}<figcaption>{e(str(x.get('caption') or ''))}</figcaption>"
                          "</figure>")
         parts.append("</div></div>")
     parts.append("</body></html>\n")
