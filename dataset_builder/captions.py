@@ -2,6 +2,10 @@
 
 A captioner is any callable `list[PIL.Image] -> list[str]`. TransformersCaptioner wraps a Hugging Face
 image-to-text model given by hub name or local folder (BLIP, GIT, VisionEncoderDecoder, ...).
+
+The trainer refuses empty texts, so no member leaves this stage without one: in `alt` mode an empty alt text is
+recaptioned when a captioner is configured (captions.model or captions.factory), and whatever is still empty
+gets the cluster's subject phrase (fill_missing_captions, counted as captions.from_subject).
 """
 from __future__ import annotations
 
@@ -72,8 +76,9 @@ class TransformersCaptioner:
 
 
 def load_captioner(cfg: CaptionConfig):
-    """None in `alt` mode; otherwise a factory callable or a TransformersCaptioner (not loaded until used)."""
-    if cfg.mode == "alt":
+    """A factory callable or a TransformersCaptioner (not loaded until used); None in `alt` mode without one
+    configured (in `alt` mode a configured captioner only captions images whose alt text is empty)."""
+    if cfg.mode == "alt" and not (cfg.factory or cfg.model):
         return None
     if cfg.factory:
         return load_factory(cfg.factory)(**cfg.kwargs)
@@ -84,12 +89,14 @@ def load_captioner(cfg: CaptionConfig):
 
 
 def caption_clusters(clusters: list[Cluster], captioner, cfg: CaptionConfig, counts: Counts) -> list[Cluster]:
-    """Sets member.caption. Recaptioning decodes images in batches of cfg.batch_size."""
+    """Sets member.caption (possibly "", see fill_missing_captions). Recaptioning decodes images in batches of
+    cfg.batch_size."""
     todo = []
     for c in clusters:
         for m in c.members:
             alt = m.record.text.strip()
-            if cfg.mode == "recaption" or (cfg.mode == "auto" and len(alt.split()) < cfg.min_alt_words):
+            if cfg.mode == "recaption" or (cfg.mode == "auto" and len(alt.split()) < cfg.min_alt_words) \
+                    or (cfg.mode == "alt" and not alt and captioner is not None):
                 todo.append(m)
             else:
                 m.caption = alt
@@ -107,3 +114,11 @@ def caption_clusters(clusters: list[Cluster], captioner, cfg: CaptionConfig, cou
             m.caption = " ".join(str(t).split())
             counts.add("captions.recaptioned")
     return clusters
+
+
+def fill_missing_captions(cluster: Cluster, subject: str, counts: Counts) -> None:
+    """Members still without a caption (no alt text, no captioner, or an empty generated one) get `subject`."""
+    for m in cluster.members:
+        if not (m.caption or "").strip():
+            m.caption = subject
+            counts.add("captions.from_subject")

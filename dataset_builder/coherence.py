@@ -3,7 +3,8 @@
 Per cluster: (a) members whose image-alt-text score is below `min_image_text_score` go (when set; members
 without alt text are kept); (b) members whose cosine to the centroid is below `min_member_similarity` go;
 (c) the cluster goes if fewer than K+1 members remain or their mean pairwise cosine is below
-`min_mean_similarity`.
+`min_mean_similarity`. A dropped cluster's records all count under its reason (cluster_incoherent,
+cluster_too_small), so coherence.dropped.* adds up to coherence.in - coherence.out.
 """
 from __future__ import annotations
 
@@ -29,15 +30,19 @@ def mean_pairwise_similarity(emb: np.ndarray) -> float:
 
 def coherence_filter(clusters: list[Cluster], cfg: CoherenceConfig, min_size: int, counts: Counts,
                      rejected: list | None = None) -> list[Cluster]:
-    """Pure stage function. Dropped clusters are appended to `rejected` as (cluster, reason) when given."""
+    """Pure stage function. Dropped clusters are appended to `rejected` as (cluster, reason) when given.
+
+    Each record is counted once: a dropped cluster counts all its members under coherence.dropped.cluster_<reason>;
+    image_text_mismatch and off_centroid count the members removed from clusters that are kept."""
     kept_clusters = []
     for c in clusters:
         counts.add("coherence.clusters_in")
         counts.add("coherence.in", len(c.members))
         members = c.members
+        mismatched = 0
         if cfg.min_image_text_score is not None:
             ok = [m for m in members if m.image_text_score is None or m.image_text_score >= cfg.min_image_text_score]
-            counts.add("coherence.dropped.image_text_mismatch", len(members) - len(ok))
+            mismatched = len(members) - len(ok)
             members = ok
         off_centroid = 0
         if members:
@@ -45,7 +50,6 @@ def coherence_filter(clusters: list[Cluster], cfg: CoherenceConfig, min_size: in
             sims = emb @ centroid(emb)
             ok = [m for m, s in zip(members, sims) if s >= cfg.min_member_similarity]
             off_centroid = len(members) - len(ok)
-            counts.add("coherence.dropped.off_centroid", off_centroid)
             members = ok
         reason = None
         if len(members) < min_size:
@@ -58,8 +62,12 @@ def coherence_filter(clusters: list[Cluster], cfg: CoherenceConfig, min_size: in
                 m.centroid_similarity = float(s)
             if c.mean_similarity < cfg.min_mean_similarity:
                 reason = "incoherent"
-        if reason is not None:
-            counts.add(f"coherence.dropped.cluster_{reason}", len(members))
+        kept = reason is None
+        if cfg.min_image_text_score is not None:  # keys present even when 0: a stable stats schema
+            counts.add("coherence.dropped.image_text_mismatch", mismatched if kept else 0)
+        counts.add("coherence.dropped.off_centroid", off_centroid if kept else 0)
+        if not kept:
+            counts.add(f"coherence.dropped.cluster_{reason}", len(c.members))
             counts.add(f"coherence.clusters_dropped.{reason}")
             if rejected is not None:
                 if c.mean_similarity is None and len(c.members) > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ class DecodeConfig:
 class GroupConfig:
     min_cluster_size: int | None = None   # default: K + 1
     max_cluster_size: int = 64            # pages with more images are galleries/catalogues, not one subject
+    max_page_records: int | None = None   # pages with more records are dropped unread; None: 2 x max_cluster_size
     boilerplate_min_pages: int = 5        # an image on this many distinct pages is a logo/icon/banner
     merge_http_https: bool = True
     strip_www: bool = True
@@ -51,7 +53,7 @@ class DedupeConfig:
 class CaptionConfig:
     mode: str = "alt"                     # alt | recaption | auto (recaption when the alt text is short)
     min_alt_words: int = 3                # for auto
-    model: str | None = None              # HF name or folder of an image-to-text model
+    model: str | None = None              # HF name or folder of an image-to-text model (alt mode: empty alt only)
     factory: str | None = None            # "module:function" returning a callable list[PIL] -> list[str]
     kwargs: dict = field(default_factory=dict)
     device: str = "cpu"
@@ -120,6 +122,11 @@ class BuilderConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
     @property
+    def max_page_records(self) -> int:
+        g = self.group
+        return g.max_page_records if g.max_page_records is not None else 2 * g.max_cluster_size
+
+    @property
     def min_cluster_size(self) -> int:
         return self.group.min_cluster_size if self.group.min_cluster_size is not None else self.k + 1
 
@@ -158,6 +165,8 @@ def config_from_dict(data: dict, where: str = "config") -> BuilderConfig:
         raise ConfigError(f"{where}.k must be >= 1, got {cfg.k}")
     if cfg.min_cluster_size < cfg.k + 1:
         raise ConfigError(f"{where}.group.min_cluster_size must be >= k+1 = {cfg.k + 1}")
+    if cfg.max_page_records < cfg.group.max_cluster_size:
+        raise ConfigError(f"{where}.group.max_page_records must be >= max_cluster_size = {cfg.group.max_cluster_size}")
     if cfg.records_per_partition < 1 or cfg.run_size < 1:
         raise ConfigError(f"{where}: records_per_partition and run_size must be >= 1")
     if cfg.captions.mode not in ("alt", "recaption", "auto"):
@@ -170,7 +179,8 @@ def config_from_dict(data: dict, where: str = "config") -> BuilderConfig:
 
 
 def load_config(path: str | Path) -> BuilderConfig:
-    """Read a YAML (.yaml/.yml) or JSON config. Relative input paths resolve against the config's folder."""
+    """Read a YAML (.yaml/.yml) or JSON config. Relative paths in it resolve against the config file's folder
+    (see resolve_paths), so a config means the same files from any working directory."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -185,19 +195,54 @@ def load_config(path: str | Path) -> BuilderConfig:
         raise ConfigError(f"cannot parse config {path}: {e}") from e
     if data is None:
         data = {}
-    base = path.resolve().parent
-    for spec in data.get("inputs", []) or []:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return config_from_dict(resolve_paths(data, path.resolve().parent), where=str(path))
+
+
+LOCAL_DIR = "local-dir:"
+
+
+def resolve_paths(data: dict, base: Path) -> dict:
+    """Makes the path-like values of a config dict absolute against `base` (in place; returns it).
+
+    Always paths: inputs[].path / paths / image_root, output_dir, embedder.model after "local-dir:", and
+    expert.kwargs.pipeline of a dreambooth expert. Hub name or path (embedder.pretrained, captions.model,
+    prompts.model): resolved only when that file or folder exists under `base`, else left as a name.
+    """
+    for spec in data.get("inputs") or []:
         if isinstance(spec, dict):
             for key in ("path", "paths", "image_root"):
-                if key in spec:
+                if spec.get(key) is not None:
                     spec[key] = _resolve(spec[key], base)
-    if "output_dir" in data:
-        data["output_dir"] = str(_resolve(data["output_dir"], base))
-    return config_from_dict(data, where=str(path))
+    if data.get("output_dir") is not None:
+        data["output_dir"] = _resolve(data["output_dir"], base)
+    emb = data.get("embedder")
+    if isinstance(emb, dict):
+        model = emb.get("model")
+        if isinstance(model, str) and model.startswith(LOCAL_DIR):
+            emb["model"] = LOCAL_DIR + _resolve(model[len(LOCAL_DIR):], base)
+        _resolve_if_exists(emb, "pretrained", base)
+    for section in ("captions", "prompts"):
+        if isinstance(data.get(section), dict):
+            _resolve_if_exists(data[section], "model", base)
+    expert = data.get("expert")
+    if isinstance(expert, dict) and expert.get("type") == "dreambooth" and isinstance(expert.get("kwargs"), dict):
+        if isinstance(expert["kwargs"].get("pipeline"), str):
+            expert["kwargs"]["pipeline"] = _resolve(expert["kwargs"]["pipeline"], base)
+    return data
 
 
 def _resolve(value, base: Path):
     if isinstance(value, list):
         return [_resolve(v, base) for v in value]
     p = Path(str(value)).expanduser()
-    return str(p if p.is_absolute() else base / p)
+    # normpath, not resolve(): no symlink surprises, and configs/../data equals data (same fingerprint)
+    return os.path.normpath(str(p if p.is_absolute() else base / p))
+
+
+def _resolve_if_exists(section: dict, key: str, base: Path) -> None:
+    value = section.get(key)
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() \
+            and (base / Path(value).expanduser()).exists():
+        section[key] = _resolve(value, base)

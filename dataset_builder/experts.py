@@ -110,21 +110,29 @@ def load_expert(cfg: ExpertConfig, seed: int = 0):
 
 def filter_targets(targets: list[Target], exemplar_emb: np.ndarray, embedder, cfg: ExpertConfig,
                    batch_size: int, counts: Counts) -> list[Target]:
-    """Scores every target (clip_t, clip_i), marks kept/reject_reason, returns the kept ones."""
+    """Scores every target (clip_t, clip_i), marks kept/reject_reason, returns the kept ones.
+    A target with an empty prompt is dropped unscored (expert.dropped.empty_prompt): the trainer refuses it."""
     if not targets:
         return []
     from .decode import encode_jpeg
     for t in targets:
         if t.jpeg is None:
             t.jpeg = encode_jpeg(t.image, 95)
-    t_img = embed_images(embedder, [t.jpeg for t in targets], batch_size)
-    t_txt = embed_texts(embedder, [t.prompt for t in targets], batch_size)
+        counts.add("expert.rendered")
+    scored = [t for t in targets if (t.prompt or "").strip()]
+    for t in targets:
+        if not (t.prompt or "").strip():
+            t.kept, t.reject_reason = False, "empty_prompt"
+            counts.add("expert.dropped.empty_prompt")
+    if not scored:
+        return []
+    t_img = embed_images(embedder, [t.jpeg for t in scored], batch_size)
+    t_txt = embed_texts(embedder, [t.prompt for t in scored], batch_size)
     clip_t = np.sum(t_img * t_txt, axis=1)
     clip_i = (t_img @ exemplar_emb.T).mean(axis=1)
     kept = []
-    for t, ct, ci in zip(targets, clip_t, clip_i):
+    for t, ct, ci in zip(scored, clip_t, clip_i):
         t.clip_t, t.clip_i = float(ct), float(ci)
-        counts.add("expert.rendered")
         if t.clip_t < cfg.min_clip_t:
             t.kept, t.reject_reason = False, "clip_t_low"
         elif t.clip_i < cfg.min_clip_i:

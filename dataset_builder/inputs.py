@@ -2,6 +2,9 @@
 
 Each input file is one *unit*: the unit of resumption in the ingest phase. Readers yield RawRecord and never
 decode images; a row they cannot use is still yielded (with the field missing) so the decode stage counts it.
+A file that breaks off (truncated gzip, corrupt parquet row group, torn tar) is not fatal: what was read is
+kept, the rest is counted as read.errors.<kind>_unreadable and listed with the file name in stats.json's
+read_errors (a parquet file resumes at its next row group).
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import csv
 import glob
 import gzip
 import importlib
-import io
 import json
 import sys
 import tarfile
@@ -97,22 +99,51 @@ def expand_inputs(inputs: list[dict]) -> list[InputUnit]:
             continue
         if kind not in READERS:
             raise InputError(f"inputs[{i}]: unknown type {kind!r}; known: {sorted(READERS) + ['factory']}")
+        if kind == "wit" and spec.get("quoting", "minimal") not in WIT_QUOTING:
+            raise InputError(f"inputs[{i}].quoting must be one of {sorted(WIT_QUOTING)}, got {spec['quoting']!r}")
         for path in _expand_paths(spec):
             units.append(InputUnit(len(units), kind, path, dict(spec)))
     return units
 
 
-def read_unit(unit: InputUnit, counts: Counts) -> Iterator[RawRecord]:
+def read_unit(unit: InputUnit, counts: Counts, errors: list | None = None) -> Iterator[RawRecord]:
+    """errors: receives {"file", "unit", "reason", "error"} for each read error (also counted in `counts`)."""
     if unit.kind == "factory":
         fn = load_factory(unit.spec["factory"])
         yield from fn(unit.spec["unit"], **unit.spec.get("kwargs", {}))
         return
-    yield from READERS[unit.kind](unit, counts)
+    yield from READERS[unit.kind](unit, counts, errors if errors is not None else [])
+
+
+def read_error(unit: InputUnit, counts: Counts, errors: list, reason: str, exc: BaseException,
+               where: str = "") -> None:
+    """Counts a file that could not be read (to the end): read.errors.<reason>, a line on stderr naming the file,
+    and an entry in `errors` (stats.json read_errors)."""
+    msg = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    counts.add(f"read.errors.{reason}")
+    errors.append({"file": unit.path, "unit": unit.index, "reason": reason,
+                   "error": f"{where}: {msg}" if where else msg})
+    print(f"[dataset_builder] {unit.kind} input {unit.path}{where and ' ' + where}: {reason}: {msg} "
+          "(records read before the error are kept)", file=sys.stderr)
+
+
+def _guarded(lines: Iterator, on_error) -> Iterator:
+    """Yields from `lines` until it raises a read error (EOF inside gzip, bad bytes, I/O), then calls on_error.
+    Only the reading is guarded, never the caller's processing of what it yields."""
+    while True:
+        try:
+            item = next(lines)
+        except StopIteration:
+            return
+        except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error) as e:
+            on_error(e)
+            return
+        yield item
 
 
 # --- img2dataset webdataset shards ------------------------------------------------------------------------
 
-def read_webdataset(unit: InputUnit, counts: Counts) -> Iterator[RawRecord]:
+def read_webdataset(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawRecord]:
     """Members `{key}.jpg|png|...`, `{key}.txt`, `{key}.json` (img2dataset: url, caption, page_url)."""
     current_key, parts = None, {}
     try:
@@ -132,8 +163,7 @@ def read_webdataset(unit: InputUnit, counts: Counts) -> Iterator[RawRecord]:
                 f = tar.extractfile(member)
                 parts[ext.lower()] = f.read() if f is not None else b""
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        counts.add("read.errors.tar_unreadable")
-        print(f"[dataset_builder] shard {unit.path}: stopped reading after an error: {e}", file=sys.stderr)
+        read_error(unit, counts, errors, "tar_unreadable", e)
     if current_key is not None:
         yield _webdataset_record(unit, current_key, parts, counts)
 
@@ -179,17 +209,34 @@ def _manifest_record(unit: InputUnit, row: dict, n: int) -> RawRecord:
                      image_path=None if image_bytes else image_path)
 
 
-def read_parquet(unit: InputUnit, counts: Counts) -> Iterator[RawRecord]:
+def read_parquet(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawRecord]:
+    """Row group by row group: a corrupt row group is counted (with its unread rows) and the next one is read.
+    Row numbers come from the footer, so keys do not shift when a row group is lost."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
+    bad = (OSError, EOFError, ValueError, pa.ArrowException)
     try:
         pf = pq.ParquetFile(unit.path)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"cannot open parquet manifest {unit.path}: {e}") from e
-    n = 0
-    for batch in pf.iter_batches(batch_size=512):
-        for row in batch.to_pylist():
-            yield _manifest_record(unit, row, n)
-            n += 1
+    except bad as e:  # no readable footer (cut short, not parquet): nothing of the file can be read
+        read_error(unit, counts, errors, "parquet_unreadable", e)
+        return
+    first = 0
+    for g in range(pf.metadata.num_row_groups):
+        n_rows, done = pf.metadata.row_group(g).num_rows, 0
+        batches = pf.iter_batches(batch_size=512, row_groups=[g])
+        while True:
+            try:
+                rows = next(batches).to_pylist()
+            except StopIteration:
+                break
+            except bad as e:
+                read_error(unit, counts, errors, "parquet_unreadable", e, where=f"row group {g}")
+                counts.add("read.errors.parquet_rows_unread", n_rows - done)
+                break
+            for row in rows:
+                yield _manifest_record(unit, row, first + done)
+                done += 1
+        first += n_rows
 
 
 def _open_text(path: str):
@@ -197,9 +244,10 @@ def _open_text(path: str):
         open(path, "rt", encoding="utf-8", newline="")
 
 
-def read_jsonl(unit: InputUnit, counts: Counts) -> Iterator[RawRecord]:
+def read_jsonl(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawRecord]:
     with _open_text(unit.path) as f:
-        for n, line in enumerate(f):
+        lines = _guarded(iter(f), lambda e: read_error(unit, counts, errors, "jsonl_unreadable", e))
+        for n, line in enumerate(lines):
             if not line.strip():
                 continue
             try:
@@ -212,21 +260,34 @@ def read_jsonl(unit: InputUnit, counts: Counts) -> Iterator[RawRecord]:
 
 # --- WIT TSV -------------------------------------------------------------------------------------------------
 
-def read_wit(unit: InputUnit, counts: Counts) -> Iterator[RawRecord]:
+WIT_QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
+
+
+def read_wit(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawRecord]:
     """WIT columns (page_url, image_url, caption_reference_description, caption_alt_text_description, ...).
 
     WIT ships URLs only, so images come from a local path column (`image_path_col`, default "image_path") or a
     base64 bytes column (`image_b64_col`, default "b64_bytes", as in the WIT image-pixel release).
     The text is the first non-empty of `text_cols` (default: reference description, then alt text).
+    `quoting`: "minimal" (default: standard CSV quoting, as WIT's TSVs are written and as the Hugging Face and
+    TFDS WIT loaders read them: a quoted field may hold tabs, newlines and "" for a quote) or "none" (every
+    character is literal; for TSVs written without quoting).
     """
     s = unit.spec
     text_cols = s.get("text_cols", list(WIT_TEXT_COLUMNS))
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with _open_text(unit.path) as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if not reader.fieldnames or "page_url" not in reader.fieldnames:
-            raise InputError(f"WIT TSV {unit.path} has no 'page_url' column (header: {reader.fieldnames})")
-        for n, row in enumerate(reader):
+        reader = csv.DictReader(f, delimiter="\t", quoting=WIT_QUOTING[s.get("quoting", "minimal")])
+        try:
+            fieldnames = reader.fieldnames
+        except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error) as e:
+            read_error(unit, counts, errors, "wit_unreadable", e)
+            return
+        if not fieldnames or "page_url" not in fieldnames:
+            raise InputError(f"WIT TSV {unit.path} has no 'page_url' column (header: {fieldnames})")
+        rows = _guarded(reader, lambda e: read_error(unit, counts, errors, "wit_unreadable", e,
+                                                     where=f"after row {reader.line_num}"))
+        for n, row in enumerate(rows):
             text = next((row[c] for c in text_cols if row.get(c)), "")
             b64 = row.get(s.get("image_b64_col", "b64_bytes"))
             image_bytes = None

@@ -2,7 +2,9 @@
 
 The group-by-page step needs a global view; it gets one from disk: ingest spills decoded records in runs sorted
 by page hash, and each partition (a range of the page-hash space, sized after ingest so it holds about
-records_per_partition records) is read back from every run with one seek per run.
+records_per_partition records) is read back from every run with one seek per run. Pages over
+group.max_page_records are counted from the spill index and never read, so no single page can stretch a
+partition past that bound.
 """
 from __future__ import annotations
 
@@ -11,16 +13,18 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from . import phases
 from .components import Components, components_for
 from .config import BuilderConfig, ConfigError
 from .counts import Counts
+from .grouping import oversized_pages
 from .inputs import expand_inputs
 from .records import Record
 from .report import build_stats, contact_sheet_html
-from .spill import atomic_write_bytes, atomic_write_json, hash_range, read_run_partition
+from .spill import atomic_write_bytes, atomic_write_json, hash_range, read_run_pages, read_run_partition
 
 OUTPUT_FILES = ("manifest.json", "stats.json", "contact_sheet.html", "timings.json")
 
@@ -38,7 +42,7 @@ def prepare_output(cfg: BuilderConfig, overwrite: bool = False) -> tuple[Path, P
         # half-written files of a killed run: never in the output, remove them before resuming
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     saved = phases.marker(work / "config.json")
-    if saved is None:
+    if saved is None or not _has_progress(work):  # nothing done yet (e.g. a first run that failed): start fresh
         atomic_write_json(work / "config.json", {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
     elif saved["fingerprint"] != cfg.fingerprint():
         old, new = saved["config"], cfg.to_dict()
@@ -47,6 +51,19 @@ def prepare_output(cfg: BuilderConfig, overwrite: bool = False) -> tuple[Path, P
         raise ConfigError(f"{out} was built with a different config (differs in: {diff}); "
                           "use another output_dir or --overwrite")
     return out, work
+
+
+def finished_stats(cfg: BuilderConfig) -> dict | None:
+    """The stats of a finished build of this very config in output_dir (a rerun is a no-op), else None."""
+    out = Path(cfg.output_dir)
+    done = phases.marker(out / "work" / "complete.json")
+    if done is None or done.get("fingerprint") != cfg.fingerprint():
+        return None
+    return json.loads((out / "stats.json").read_text())
+
+
+def _has_progress(work: Path) -> bool:
+    return (work / "plan.json").exists() or next(work.rglob("*.done.json"), None) is not None
 
 
 def _bar(cfg: BuilderConfig, total: int, desc: str):
@@ -112,8 +129,10 @@ def write_report(cfg: BuilderConfig, out: Path, work: Path, num_parts: int, n_ce
             timings.update(m.get("timings", {}))
     shard_markers = groups[3]
     shards = [{"shard": m["shard"], "samples": m["samples"]} for m in shard_markers if m["shard"]]
+    read_errors = sorted((e for m in ingest_markers for e in m.get("read_errors", [])),
+                         key=lambda e: e["unit"])  # stable: in-file order kept
     stats = build_stats(counts, {"partitions": num_parts, "cells": n_cells, "k": cfg.k,
-                                 "config_fingerprint": cfg.fingerprint()})
+                                 "config_fingerprint": cfg.fingerprint(), "read_errors": read_errors})
     manifest = {"format": "suti-icl-webdataset/1", "k": cfg.k, "shards": shards,
                 "samples": sum(s["samples"] for s in shards), "config_fingerprint": cfg.fingerprint(),
                 "members": ["json", "target.jpg", "target.txt"]
@@ -149,13 +168,14 @@ def _first_entries(folder: Path, suffix: str, num_parts: int, n: int) -> list[di
 
 def build_local(cfg: BuilderConfig, components: Components | None = None, overwrite: bool = False) -> dict:
     """Runs (or resumes) a build; returns the stats dict that is also written to output_dir/stats.json."""
-    out, work = prepare_output(cfg, overwrite)
-    if phases.marker(work / "complete.json") is not None:
-        return json.loads((out / "stats.json").read_text())
-    comps = components or components_for(cfg)
-    units = expand_inputs(cfg.inputs)
+    done = None if overwrite else finished_stats(cfg)
+    if done is not None:
+        return done
+    units = expand_inputs(cfg.inputs)  # before prepare_output: a typo in a path must not claim output_dir
     if not units:
         raise ConfigError("config has no inputs")
+    out, work = prepare_output(cfg, overwrite)
+    comps = components or components_for(cfg)
     ingest = []
     with _bar(cfg, len(units), "ingest") as bar:
         for unit in units:
@@ -173,12 +193,18 @@ def build_local(cfg: BuilderConfig, components: Components | None = None, overwr
     boilerplate = phases.load_boilerplate(work, num_parts)
 
     def cluster_one(p: int) -> dict:
-        timings = Counts()
+        timings, counts = Counts(), Counts()
         lo, hi = hash_range(p, num_parts)
         records: list[Record] = []
         with phases.timed(timings, "spill_read"):
+            # pages over the page cap are counted from the index and never read (the same counts group_pages
+            # would give them, so both backends agree)
+            pages = np.concatenate([read_run_pages(r, lo, hi) for r in runs]) if runs else np.zeros(0, np.uint64)
+            big = oversized_pages(pages, cfg.max_page_records, counts)
+            if len(big):
+                counts.add("group.in", int(np.isin(pages, big).sum()))
             for r in runs:
-                records.extend(read_run_partition(r, lo, hi))
-        return phases.cluster_partition(p, records, boilerplate, cfg, comps, work, timings)
+                records.extend(read_run_partition(r, lo, hi, skip_pages=big))
+        return phases.cluster_partition(p, records, boilerplate, cfg, comps, work, timings, counts)
 
     return run_tail(cfg, lambda: comps, out, work, num_parts, run_partition_fn=cluster_one)

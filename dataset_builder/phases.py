@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .captions import caption_clusters
+from .captions import caption_clusters, fill_missing_captions
 from .coherence import coherence_filter
 from .components import Components
 from .config import BuilderConfig
@@ -34,7 +34,7 @@ from .embedding import embed_clusters
 from .experts import filter_targets
 from .grouping import boilerplate_hashes, group_pages
 from .inputs import InputUnit, read_unit
-from .prompts import prompts_for, subject_phrase, with_article
+from .prompts import cluster_subject, prompts_for
 from .records import Cluster, Member, Record, hash64
 from .report import thumbnail_uri
 from .samples import build_samples, choose_exemplars
@@ -110,7 +110,8 @@ def ingest_unit(unit: InputUnit, cfg: BuilderConfig, work: Path) -> dict:
         n_runs, run = n_runs + 1, []
 
     t_read = time.perf_counter()
-    for raw in read_unit(unit, counts):
+    errors: list = []
+    for raw in read_unit(unit, counts, errors):
         counts.add("read.records")
         raws.append(raw)
         if len(raws) >= DECODE_BATCH:
@@ -122,7 +123,8 @@ def ingest_unit(unit: InputUnit, cfg: BuilderConfig, work: Path) -> dict:
         flush_run()
     timings["read"] += time.perf_counter() - t_read - timings["decode"] - timings["spill"]
     tmp.replace(final)
-    result = {"unit": unit.describe(), "records_out": n_out, "counts": dict(counts), "timings": dict(timings)}
+    result = {"unit": unit.describe(), "records_out": n_out, "counts": dict(counts), "timings": dict(timings),
+              "read_errors": errors}
     atomic_write_json(work / "ingest" / f"{unit.uid}.done.json", result)
     return result
 
@@ -167,12 +169,15 @@ def rejected_summary(c: Cluster, reason: str, thumb: int, max_members: int = 8) 
 
 
 def cluster_partition(p: int, records: list[Record], boilerplate: np.ndarray, cfg: BuilderConfig,
-                      comps: Components, work: Path, timings: Counts | None = None) -> dict:
-    counts, timings = Counts(), timings if timings is not None else Counts()
+                      comps: Components, work: Path, timings: Counts | None = None,
+                      counts: Counts | None = None) -> dict:
+    """counts: what the caller already counted for this partition (pages it dropped without reading them)."""
+    counts, timings = Counts(counts or {}), timings if timings is not None else Counts()
     embedder = TimedEmbedder(comps.embedder, timings, "clip_embed")
     rejected: list = []
     with timed(timings, "group"):
-        clusters = group_pages(records, boilerplate, cfg.min_cluster_size, cfg.group.max_cluster_size, counts)
+        clusters = group_pages(records, boilerplate, cfg.min_cluster_size, cfg.group.max_cluster_size, counts,
+                               cfg.max_page_records)
     del records
     with timed(timings, "embed"):
         embed_clusters(clusters, embedder, cfg.embedder.batch_size, counts,
@@ -306,6 +311,10 @@ def removed_rows(work: Path, p: int, n_cells: int) -> set[int]:
 
 # --- phase 5: captions, prompts, expert targets, CLIP filter, ICL shard -----------------------------------------
 
+def _round(x):
+    return None if x is None else round(x, 6)
+
+
 def cluster_summary(c: Cluster, subject: str, exemplars: list[int], targets, thumb: int) -> dict:
     return {
         "cluster_id": c.cluster_id, "page_url": c.page_key, "subject": subject, "n_members": len(c.members),
@@ -313,7 +322,7 @@ def cluster_summary(c: Cluster, subject: str, exemplars: list[int], targets, thu
         "exemplars": [{"thumb": thumbnail_uri(c.members[i].record.image, thumb), "caption": c.members[i].caption,
                        "centroid_similarity": round(c.members[i].centroid_similarity or 0.0, 6)} for i in exemplars],
         "targets": [{"thumb": thumbnail_uri(t.jpeg, thumb), "prompt": t.prompt, "skill": t.skill,
-                     "clip_t": round(t.clip_t, 6), "clip_i": round(t.clip_i, 6), "kept": t.kept,
+                     "clip_t": _round(t.clip_t), "clip_i": _round(t.clip_i), "kept": t.kept,
                      "reject_reason": t.reject_reason} for t in targets],
     }
 
@@ -337,13 +346,13 @@ def finish_partition(p: int, cfg: BuilderConfig, comps: Components, work: Path, 
         counts.add("dedupe.clusters_out")
         kept_clusters.append(c)
     with timed(timings, "captions"):
-        caption_clusters(kept_clusters, comps.captioner if cfg.captions.mode != "alt" else None, cfg.captions,
-                         counts)
+        caption_clusters(kept_clusters, comps.captioner, cfg.captions, counts)
     samples, summaries = [], []
     for c in kept_clusters:
         with timed(timings, "prompts"):
-            subject = with_article(subject_phrase([m.caption for m in c.members]))
-            exemplars = choose_exemplars(c, cfg.k)
+            subject = cluster_subject([m.caption for m in c.members], c.page_key, counts)
+            exemplars = choose_exemplars(c, cfg.k)  # before the fill: members with their own caption first
+            fill_missing_captions(c, subject, counts)
             prompts = prompts_for(comps.prompt_generator, c.cluster_id, subject, cfg.prompts.per_cluster, counts) \
                 if getattr(comps.expert, "uses_prompts", True) else []
         with timed(timings, "expert"):

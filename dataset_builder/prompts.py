@@ -1,14 +1,16 @@
 """Stage 7: new-context prompts per cluster, from skill templates or a pluggable text-generation model.
 
 Prompts carry a `{subject}` slot. The subject phrase of a cluster is mined from its captions (the content words
-that occur in at least half of them, in the order of the first caption); an expert may fill the slot with its
-own subject token (DreamBooth: "a sks teapot").
+that occur in at least half of them, in the order of the first caption), or, for a page without any text, from
+the words of its URL's last descriptive path segment (url_subject); an expert may fill the slot with its own
+subject token (DreamBooth: "a sks teapot").
 """
 from __future__ import annotations
 
 import random
 import re
 from collections import Counter
+from urllib.parse import unquote, urlsplit
 
 from .config import PromptConfig
 from .counts import Counts
@@ -67,6 +69,33 @@ def subject_phrase(captions: list[str], max_words: int = 3) -> str:
             ordered.append(w)
     top = sorted(ordered, key=lambda w: -df[w])[:max_words]
     return " ".join(w for w in ordered if w in top)
+
+
+# path words that name a kind of page, not its subject
+_URL_GENERIC = frozenset("""item items product products wiki page pages post posts story stories article articles
+detail details html htm php asp aspx jsp shop store category categories catalog catalogue gallery galleries
+index default view show""".split())
+
+
+def url_subject(page_url: str, max_words: int = 3) -> str:
+    """'blue teapot' from 'https://shop.example.com/p/blue-teapot.html' (the last path segment with alphabetic
+    words that are not generic page words); '' when there is none (ids, hashes, bare hosts)."""
+    for seg in reversed([s for s in unquote(urlsplit(page_url).path).split("/") if s]):
+        words = [w.lower() for w in re.split(r"[^\w]+|_", seg) if w.isalpha() and len(w) > 2]
+        words = [w for w in words if w not in STOPWORDS and w not in _URL_GENERIC]
+        if words:
+            return " ".join(words[:max_words])
+    return ""
+
+
+def cluster_subject(captions: list[str], page_url: str, counts: Counts | None = None) -> str:
+    """The subject with its article ("a zorb teapot"): from the captions, else the page URL, else "the subject"."""
+    phrase = subject_phrase(captions)
+    if not phrase:
+        phrase = url_subject(page_url)
+        if phrase and counts is not None:
+            counts.add("prompts.subject_from_url")
+    return with_article(phrase)
 
 
 def with_article(phrase: str) -> str:

@@ -24,7 +24,7 @@ from .counts import Counts
 from .decode import decode_batch
 from .grouping import boilerplate_hashes
 from .inputs import InputUnit, expand_inputs, read_unit
-from .local import plan_partitions, prepare_output, run_tail
+from .local import finished_stats, plan_partitions, prepare_output, run_tail
 from .records import RawRecord, Record, partition_of
 from .spill import atomic_save_npy, atomic_write_json, hash_range
 
@@ -57,18 +57,19 @@ def _rows_to_records(batch: dict) -> list[Record]:
                    content_hash=int(batch["content_hash"][i], 16)) for i in range(n)]
 
 
-def _write_stats(stats_dir: Path, name: str, counts: Counts) -> None:
-    atomic_write_json(stats_dir / f"{name}.json", {"counts": dict(counts)})
+def _write_stats(stats_dir: Path, name: str, counts: Counts, read_errors: list | None = None) -> None:
+    atomic_write_json(stats_dir / f"{name}.json", {"counts": dict(counts), "read_errors": read_errors or []})
 
 
 def build_ray(cfg: BuilderConfig, overwrite: bool = False, ray_init: dict | None = None) -> dict:
     ray = _require_ray()
-    out, work = prepare_output(cfg, overwrite)
-    if phases.marker(work / "complete.json") is not None:
-        return json.loads((out / "stats.json").read_text())
-    units = expand_inputs(cfg.inputs)
+    done = None if overwrite else finished_stats(cfg)
+    if done is not None:
+        return done
+    units = expand_inputs(cfg.inputs)  # before prepare_output: a typo in a path must not claim output_dir
     if not units:
         raise ConfigError("config has no inputs")
+    out, work = prepare_output(cfg, overwrite)
     if not ray.is_initialized():
         ray.init(**(ray_init or {"include_dashboard": False, "log_to_driver": False}))
     ctx = ray.data.DataContext.get_current()
@@ -80,14 +81,14 @@ def build_ray(cfg: BuilderConfig, overwrite: bool = False, ray_init: dict | None
 
     def read_fn(row: dict) -> list[dict]:
         unit = InputUnit(**json.loads(row["unit"]))
-        counts = Counts()
+        counts, errors = Counts(), []
         rows = []
-        for raw in read_unit(unit, counts):
+        for raw in read_unit(unit, counts, errors):
             counts.add("read.records")
             rows.append({"raw": json.dumps({k: v for k, v in raw.__dict__.items() if k != "image_bytes"}),
                          "image_bytes": raw.image_bytes if raw.image_bytes is not None else b"",
                          "has_bytes": raw.image_bytes is not None})
-        _write_stats(stats_dir, f"read-{unit.uid}", counts)
+        _write_stats(stats_dir, f"read-{unit.uid}", counts, errors)
         return rows
 
     def decode_fn(batch: dict) -> dict:
@@ -159,8 +160,10 @@ def build_ray(cfg: BuilderConfig, overwrite: bool = False, ray_init: dict | None
         ds = ray.data.from_items([{"i": int(i)} for i in items], override_num_blocks=len(items))
         return [json.loads(r["r"]) for r in ds.map(lambda row: {"r": json.dumps(fn(int(row["i"])))}).take_all()]
 
-    ingest_counts = Counts()
+    ingest_counts, read_errors = Counts(), []
     for f in sorted(stats_dir.glob("*.json")):
-        ingest_counts.update(json.loads(f.read_text())["counts"])
+        st = json.loads(f.read_text())
+        ingest_counts.update(st["counts"])
+        read_errors.extend(st["read_errors"])
     return run_tail(cfg, lambda: components_for(cfg), out, work, num_parts, parallel_map=ray_map,
-                    ingest_markers=[{"counts": dict(ingest_counts)}])
+                    ingest_markers=[{"counts": dict(ingest_counts), "read_errors": read_errors}])

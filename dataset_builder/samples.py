@@ -5,9 +5,12 @@ from .records import Cluster, ICLSample, Target
 
 
 def choose_exemplars(cluster: Cluster, k: int) -> list[int]:
-    """The K most representative members (highest cosine to the centroid); ties keep quality order."""
-    order = sorted(range(len(cluster.members)),
-                   key=lambda i: (-(cluster.members[i].centroid_similarity or 0.0), i))
+    """The K most representative members (highest cosine to the centroid), members with their own caption first
+    (exemplar texts then describe their images); ties keep quality order. Call before fill_missing_captions."""
+    def key(i):
+        m = cluster.members[i]
+        return (not (m.caption or "").strip(), -(m.centroid_similarity or 0.0), i)
+    order = sorted(range(len(cluster.members)), key=key)
     return sorted(order[:k])
 
 
@@ -17,6 +20,8 @@ def _r(x):
 
 def build_samples(cluster: Cluster, exemplars: list[int], targets: list[Target], subject: str) -> list[ICLSample]:
     ex = [cluster.members[i] for i in exemplars]
+    if not all((m.caption or "").strip() for m in ex):  # the trainer would drop such exemplars silently
+        raise ValueError(f"cluster {cluster.cluster_id}: an exemplar has no caption (fill_missing_captions first)")
     out = []
     for n, t in enumerate(targets):
         key = f"{cluster.cluster_id}_{n:04d}"
@@ -29,6 +34,6 @@ def build_samples(cluster: Cluster, exemplars: list[int], targets: list[Target],
             "subject": subject,
         }
         out.append(ICLSample(key=key, exemplar_images=[m.record.image for m in ex],
-                             exemplar_texts=[m.caption or "" for m in ex], target_image=t.jpeg,
+                             exemplar_texts=[m.caption for m in ex], target_image=t.jpeg,
                              target_text=t.prompt, meta=meta))
     return out

@@ -104,20 +104,40 @@ def _searchsorted_u64(values: np.ndarray, bound: int) -> int:
     return int(np.searchsorted(values, np.uint64(bound), side="left"))
 
 
-def read_run_partition(run_bin: Path, lo: int, hi: int) -> list[Record]:
-    """The records of a run whose page hash lies in [lo, hi): one seek and one contiguous read."""
-    idx = load_npy(str(run_bin)[:-4] + ".idx.npy")
+def _idx(run_bin: Path) -> np.ndarray:
+    return load_npy(str(run_bin)[:-4] + ".idx.npy", mmap=True)
+
+
+def read_run_pages(run_bin: Path, lo: int, hi: int) -> np.ndarray:
+    """The page hash of every record of a run in [lo, hi), from the index alone (no frame is read)."""
+    idx = _idx(run_bin)
+    if len(idx) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    return np.array(idx[_searchsorted_u64(idx[:, 0], lo):_searchsorted_u64(idx[:, 0], hi), 0], dtype=np.uint64)
+
+
+def read_run_partition(run_bin: Path, lo: int, hi: int, skip_pages: np.ndarray | None = None) -> list[Record]:
+    """The records of a run whose page hash lies in [lo, hi) and not in `skip_pages`: one seek and one
+    contiguous read per stretch of wanted records (a run is sorted by page, so a skipped page is one gap)."""
+    idx = _idx(run_bin)
     if len(idx) == 0:
         return []
     a, b = _searchsorted_u64(idx[:, 0], lo), _searchsorted_u64(idx[:, 0], hi)
     if a >= b:
         return []
-    start = int(idx[a, 1])
-    end = int(idx[b, 1]) if b < len(idx) else os.path.getsize(run_bin)
+    keep = np.ones(b - a, dtype=bool)
+    if skip_pages is not None and len(skip_pages):
+        keep = ~np.isin(np.asarray(idx[a:b, 0]), skip_pages)
+    edges = np.diff(np.concatenate([[0], keep.astype(np.int8), [0]]))
+    out: list[Record] = []
     with open(run_bin, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    return [Record.from_meta(m, blob) for m, blob in iter_frames(data, str(run_bin))]
+        for s, e in zip(np.nonzero(edges == 1)[0] + a, np.nonzero(edges == -1)[0] + a):
+            start = int(idx[s, 1])
+            end = int(idx[e, 1]) if e < len(idx) else os.path.getsize(run_bin)
+            f.seek(start)
+            data = f.read(end - start)
+            out.extend(Record.from_meta(m, blob) for m, blob in iter_frames(data, str(run_bin)))
+    return out
 
 
 def read_run_hashes(run_bin: Path, lo: int, hi: int) -> np.ndarray:

@@ -6,7 +6,9 @@
 2. python examples/build_dataset_img2dataset.py "web_shards/{00000..00009}.tar" out_dir \\
        --clip ViT-B-32 --pretrained laion2b_s34b_b79k [--dreambooth checkpoints/t2i-base] [--backend ray]
 
-The same run from the command line: suti build-dataset --config configs/build_dataset.yaml
+Paths given here on the command line are relative to the working directory. The same run from a config file:
+suti build-dataset --config configs/build_dataset.yaml (paths in a config file are relative to the file's folder,
+so that config names web_shards/ in the repository root as ../web_shards).
 """
 import argparse
 import json

@@ -3,7 +3,9 @@
     python examples/build_dataset_wit.py wit.tsv out_dir --clip local-dir:models/open_clip_vit_b32
 
 WIT lists page_url, image_url and caption columns; images must be local (image_path column, relative to
---image-root) or inline (b64_bytes column), since the builder never downloads.
+--image-root) or inline (b64_bytes column), since the builder never downloads. WIT's TSVs use standard CSV
+quoting (the reader's default, quoting: minimal). Paths here are relative to the working directory; the config
+file version, configs/build_dataset_wit.yaml, gives them relative to its own folder.
 """
 import argparse
 import json

@@ -44,3 +44,48 @@ def test_example_configs_load():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_path_like_values_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    cfg_dir = tmp_path / "project" / "configs"
+    cfg_dir.mkdir(parents=True)
+    (cfg_dir / "models" / "blip").mkdir(parents=True)
+    (cfg_dir / "weights.safetensors").write_bytes(b"")
+    cfg = {"inputs": [{"type": "wit", "paths": ["../wit/a.tsv", "/abs/b.tsv"], "image_root": "../wit/images"}],
+           "output_dir": "../out",
+           "embedder": {"model": "local-dir:models/clip", "device": "cpu"},
+           "captions": {"mode": "auto", "model": "models/blip"},            # exists here: a folder
+           "prompts": {"generator": "text-generation", "model": "gpt2"},    # no such folder: a hub name
+           "expert": {"type": "dreambooth", "kwargs": {"pipeline": "../checkpoints/t2i"}}}
+    (cfg_dir / "c.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)  # the working directory does not matter
+    c = load_config(cfg_dir / "c.yaml")
+    project = tmp_path / "project"
+    assert c.inputs[0]["paths"] == [str(project / "wit" / "a.tsv"), "/abs/b.tsv"]
+    assert c.inputs[0]["image_root"] == str(project / "wit" / "images")
+    assert c.output_dir == str(project / "out")
+    assert c.embedder.model == f"local-dir:{cfg_dir / 'models' / 'clip'}"
+    assert c.captions.model == str(cfg_dir / "models" / "blip") and c.prompts.model == "gpt2"
+    assert c.expert.kwargs["pipeline"] == str(project / "checkpoints" / "t2i")
+    for pretrained, expected in [("weights.safetensors", str(cfg_dir / "weights.safetensors")),  # a file here
+                                 ("laion2b_s34b_b79k", "laion2b_s34b_b79k")]:                  # a tag
+        (cfg_dir / "d.yaml").write_text(yaml.safe_dump({"embedder": {"model": "ViT-B-32", "pretrained": pretrained}}))
+        assert load_config(cfg_dir / "d.yaml").embedder.pretrained == expected
+
+
+def test_the_planted_example_and_config_name_the_same_build(monkeypatch):
+    """python examples/build_dataset_planted.py (from the repository root) then
+    suti build-dataset --config configs/build_dataset_planted.yaml: one build, the second run a no-op."""
+    import importlib.util
+    from pathlib import Path
+
+    from dataset_builder import config_from_dict
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("planted_example", root / "examples" / "build_dataset_planted.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # defines planted_config; builds only under __main__
+    monkeypatch.chdir(root)
+    from_example = config_from_dict(example.planted_config("planted_demo"))
+    from_yaml = load_config(root / "configs" / "build_dataset_planted.yaml")
+    assert from_example.fingerprint() == from_yaml.fingerprint()
+    assert from_example.output_dir == from_yaml.output_dir == str(root / "planted_demo" / "icl")

@@ -37,7 +37,9 @@ def test_boilerplate_and_outliers_and_duplicates_are_counted(planted, built):
     n_pages_with_logo = len(expected_logo_pages(planted))
     assert c["boilerplate"]["images_found"] == 1
     assert c["group"]["dropped"]["boilerplate"] == n_pages_with_logo
-    assert c["coherence"]["dropped"]["off_centroid"] == 6 + 3 * 6    # one ad per shop page + all junk images
+    assert c["coherence"]["dropped"]["off_centroid"] == 6             # one ad per kept shop page
+    assert c["coherence"]["dropped"]["cluster_incoherent"] == 3 * 6   # every image of the three news pages
+    assert sum(c["coherence"]["dropped"].values()) == c["coherence"]["in"] - c["coherence"]["out"]
     assert c["dedupe"]["dropped"]["near_duplicate_in_cluster"] == 6  # the resized copy on each shop page
     assert c["dedupe"]["dropped"]["near_duplicate_across_corpus"] == 1  # the reseller's reused photo
     for s in built["samples"]:

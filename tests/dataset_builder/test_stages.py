@@ -4,7 +4,7 @@ import types
 import numpy as np
 import pytest
 
-from dataset_builder.captions import caption_clusters
+from dataset_builder.captions import TransformersCaptioner, caption_clusters, fill_missing_captions, load_captioner
 from dataset_builder.coherence import coherence_filter
 from dataset_builder.config import CaptionConfig, CoherenceConfig, ExpertConfig
 from dataset_builder.counts import Counts
@@ -13,8 +13,9 @@ from dataset_builder.embedding import embed_clusters
 from dataset_builder.experts import DreamBoothExpert, Expert, HeldOutExpert, filter_targets
 from dataset_builder.grouping import boilerplate_hashes, group_pages
 from dataset_builder.prompts import (SKILL_TEMPLATES, TemplatePromptGenerator, TextGenerationPromptGenerator,
-                                     subject_phrase, with_article)
-from dataset_builder.records import Cluster, ICLSample, Member, Prompt, Record, hash64
+                                     cluster_subject, subject_phrase, url_subject, with_article)
+from dataset_builder.records import Cluster, ICLSample, Member, Prompt, Record, Target, hash64
+from dataset_builder.samples import build_samples, choose_exemplars
 from dataset_builder.testing import FakeExpert, PlantedEmbedder, jpeg_bytes, random_image, subject_image
 from dataset_builder.writer import read_icl_shard, write_icl_shard
 
@@ -66,7 +67,10 @@ def test_coherence_drops_outliers_and_incoherent_clusters():
     assert "ad" not in [m.record.key for m in kept[0].members] and len(kept[0].members) == 5
     assert kept[0].mean_similarity > 0.7
     assert [r for _, r in rejected] == ["incoherent"]
-    assert counts["coherence.dropped.off_centroid"] == 1 + 6
+    # each record counted once: the ad as an outlier of a kept cluster, the junk page's images with their cluster
+    assert counts["coherence.dropped.off_centroid"] == 1
+    assert counts["coherence.dropped.cluster_incoherent"] == 6
+    assert counts["coherence.in"] - counts["coherence.out"] == 1 + 6
 
 
 def test_image_text_filter_drops_mismatched_alt_text():
@@ -249,3 +253,63 @@ def test_icl_shard_round_trip_and_bytes_are_reproducible(tmp_path):
     assert got["__key__"] == "00ab_0000" and got["target.jpg"] == b"T" and got["ex2.txt"] == "t\u00e92"
     assert got["json"]["scores"]["clip_i"] == 0.8
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_alt_mode_recaptions_only_empty_alt_text_when_a_captioner_is_configured():
+    c = cluster_of("zorb", 4)
+    c.members[1].record.text = ""
+    counts = Counts()
+    caption_clusters([c], lambda ims: ["a generated caption"] * len(ims), CaptionConfig(mode="alt"), counts)
+    assert [m.caption for m in c.members] == ["zorb teapot 0", "a generated caption", "zorb teapot 2",
+                                              "zorb teapot 3"]
+    assert counts["captions.alt"] == 3 and counts["captions.recaptioned"] == 1
+    assert load_captioner(CaptionConfig(mode="alt")) is None
+    assert isinstance(load_captioner(CaptionConfig(mode="alt", model="some/blip")), TransformersCaptioner)
+
+
+def test_empty_captions_get_the_subject_and_exemplars_prefer_captioned_members():
+    c = cluster_of("zorb", 5)
+    for i, m in enumerate(c.members):
+        m.centroid_similarity = 0.9 - 0.1 * i  # members 0, 1, 2 are the most representative
+    c.members[0].record.text = c.members[2].record.text = ""
+    counts = Counts()
+    caption_clusters([c], None, CaptionConfig(mode="alt"), counts)
+    assert counts["captions.empty_alt"] == 2
+    subject = cluster_subject([m.caption for m in c.members], c.page_key, counts)
+    assert subject == "a zorb teapot"
+    assert choose_exemplars(c, 3) == [1, 3, 4]  # captioned first, then by similarity
+    fill_missing_captions(c, subject, counts)
+    assert c.members[0].caption == c.members[2].caption == "a zorb teapot" and counts["captions.from_subject"] == 2
+    assert choose_exemplars(c, 3) == [0, 1, 2]  # once filled, representativeness alone
+
+
+def test_build_samples_refuses_an_exemplar_without_text():
+    c = cluster_of("zorb", 4)
+    for m in c.members:
+        m.caption = m.record.text
+    c.members[0].caption = " "
+    t = Target(image=None, jpeg=b"x", prompt="p", skill="s", expert="e")
+    with pytest.raises(ValueError, match="no caption"):
+        build_samples(c, [0, 1, 2], [t], "a zorb")
+
+
+def test_subject_from_the_page_url_when_no_caption_names_it():
+    assert url_subject("https://shop.example.com/p/blue-teapot.html") == "blue teapot"
+    assert url_subject("https://en.wikipedia.org/wiki/Teapot") == "teapot"
+    assert url_subject("https://e.com/item/12345") == "" and url_subject("https://e.com/") == ""
+    counts = Counts()
+    assert cluster_subject(["", ""], "https://e.com/products/red-lamp", counts) == "a red lamp"
+    assert counts["prompts.subject_from_url"] == 1
+    assert cluster_subject([], "https://e.com/p/123", counts) == "the subject"
+
+
+def test_targets_with_empty_prompts_are_dropped_and_counted():
+    c = _filtered_cluster()
+    targets = HeldOutExpert().render(c, [0, 1, 2], [])
+    targets[0].prompt, targets[1].prompt = "", "  "
+    counts = Counts()
+    kept = filter_targets(targets, np.stack([c.members[i].embedding for i in (0, 1, 2)]), PlantedEmbedder(),
+                          ExpertConfig(), 8, counts)
+    assert [t.prompt for t in kept] == ["zorb teapot 5"]
+    assert counts["expert.rendered"] == 3 and counts["expert.dropped.empty_prompt"] == 2
+    assert targets[0].reject_reason == "empty_prompt" and targets[0].clip_t is None
