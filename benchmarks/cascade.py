@@ -103,11 +103,12 @@ def bench_preset(name: str, batch: int, train_steps: int, sample_steps: int, tex
     stage.eval()
     n_img = 2
     lowres = torch.zeros(n_img, 3, cfg.lowres_size, cfg.lowres_size, device=device) if cfg.unet.lowres_cond else None
+    te_s, tm_s = te[:1].expand(n_img, -1, -1), tm[:1].expand(n_img, -1)  # the training batch may be 1
     with autocast(device, precision):
-        stage.sample(te[:n_img], tm[:n_img], lowres=lowres, steps=1, guidance=Guidance(scale=5.0))  # warm-up
+        stage.sample(te_s, tm_s, lowres=lowres, steps=1, guidance=Guidance(scale=5.0))  # warm-up
         sync(device)
         t0 = time.perf_counter()
-        stage.sample(te[:n_img], tm[:n_img], lowres=lowres, steps=sample_steps, guidance=Guidance(scale=5.0))
+        stage.sample(te_s, tm_s, lowres=lowres, steps=sample_steps, guidance=Guidance(scale=5.0))
         sync(device)
     sample_dt = (time.perf_counter() - t0) / n_img
     # A train step is ~3 forward passes of work (forward + backward); guided sampling runs 2 branches per step.
@@ -132,10 +133,18 @@ def bench_preset(name: str, batch: int, train_steps: int, sample_steps: int, tex
     }
 
 
+def default_batch(name: str) -> int:
+    from suti.presets import preset
+
+    size = preset(name).unet.image_size
+    return 8 if size <= 64 else 4 if size <= 256 else 1
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--presets", nargs="+", default=["tiny-base32", "tiny-base64", "small-base64", "tiny-sr64"])
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="training batch (default: 8 up to 64 px, 4 at 256 px, 1 at 1024 px)")
     ap.add_argument("--train-steps", type=int, default=10)
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -170,11 +179,16 @@ def main(argv=None):
     from tqdm.auto import tqdm
 
     for name in tqdm(args.presets, desc="presets"):
-        cmd = [sys.executable, __file__, "--child", name, "--batch", str(args.batch), "--train-steps",
+        batch = args.batch or default_batch(name)
+        cmd = [sys.executable, __file__, "--child", name, "--batch", str(batch), "--train-steps",
                str(args.train_steps), "--sample-steps", str(args.sample_steps), "--threads", str(args.threads),
                "--device", args.device, "--precision", args.precision]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        r = json.loads(out)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:  # e.g. out of memory: record why and go on with the other presets
+            result["presets"][name] = {"batch": batch, "error": proc.stderr.strip().splitlines()[-1:]}
+            print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
         r["fraction_of_matmul_peak"] = r["achieved_gflops"] / result["matmul_gflops"]
         result["presets"][name] = r
     result["matmul_gflops_after"] = matmul_gflops(args.device, args.precision)  # the machine's state may drift during the run

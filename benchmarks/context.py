@@ -65,9 +65,11 @@ def main(argv=None):
     ap.add_argument("--dreambooth-steps", type=int, default=400)
     ap.add_argument("--ti-steps", type=int, default=1000, help="Textual Inversion steps (its default)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     from suti.personalize import DreamBoothConfig, TextualInversionConfig, dreambooth, textual_inversion
     from suti.pipeline import SuTIPipeline, new_pipeline
@@ -77,7 +79,7 @@ def main(argv=None):
 
     torch.manual_seed(0)
     enc = TextEncoder.from_pretrained(build_tiny_t5(), max_length=32)
-    t2i = new_pipeline(enc, [preset(args.preset, text_embed_dim=enc.dim, stage_name="base")])
+    t2i = new_pipeline(enc, [preset(args.preset, text_embed_dim=enc.dim, stage_name="base")]).to(args.device)
     for p in t2i.cascade.parameters():  # weights of a "trained" scale, so no path is short-circuited
         if p.dim() > 1 and not p.any():
             torch.nn.init.normal_(p, std=0.02)
@@ -103,8 +105,10 @@ def main(argv=None):
         fn()
     for _ in range(args.repeats):
         for name, fn in variants.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     t2i_s, cached_s, uncached_s = (statistics.median(times[k]) for k in ("t2i", "cached", "uncached"))
     # Ratios within each round (the variants ran back to back), then the median over rounds: load on
@@ -131,7 +135,8 @@ def main(argv=None):
 
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-                    "torch": torch.__version__, "device": "cpu"},
+                    "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"},
         "setup": {"preset": args.preset, "ddim_steps": args.steps, "k": args.k, "guidance": args.guidance,
                   "guidance_mode": args.guidance_mode, "repeats": args.repeats,
                   "timing": "median seconds per call; ratios are the median of per-round ratios"},

@@ -104,6 +104,9 @@ class TrainConfig:
     resume: str = "auto"  # auto: resume if the run folder has a checkpoint; always: require one; never
     export_dir: str | None = None  # default: <output_dir>/stage
     cpu: bool = False  # force CPU even when CUDA is available
+    # Deterministic kernels (torch.use_deterministic_algorithms): what makes a resumed run bitwise equal to an
+    # uninterrupted one on CUDA too (the CPU is deterministic anyway). Costs some GPU speed.
+    deterministic: bool = False
     find_unused_parameters: bool = False
     progress: bool = True
 

@@ -10,7 +10,7 @@ One ``Trainer`` trains one stage and writes one run folder:
 Exactness. The diffusion noise, timesteps and condition drops of step s, micro-step m on rank r come
 from a generator seeded with (seed, s, m, r); global RNG states (dropout) are saved per rank; the data
 stream restarts at its saved position; LR is a function of the step. So a run stopped at any
-checkpoint and resumed ends bitwise equal (on CPU) to the uninterrupted run.
+checkpoint and resumed ends bitwise equal to the uninterrupted run (on CUDA with ``deterministic: true``).
 
 NaN/inf guard. When the loss or the gradient norm is not finite on any rank, the step is skipped on
 all ranks: gradients are dropped, neither the optimizer nor the EMA moves (with fp16 the loss scale
@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -103,6 +104,14 @@ class StageLoss(nn.Module):
         return self.stage.training_loss(images, text_emb, text_mask, exemplars=ex, generator=generator)
 
 
+def _set_deterministic(on: bool) -> None:
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode needs it
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
 def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -126,6 +135,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, text=None):
         self.config = cfg = config
         self.run_dir = Path(cfg.output_dir)
+        _set_deterministic(cfg.deterministic)
         self.accelerator = acc = _make_accelerator(cfg)
         self.device = acc.device
         self.rank, self.world = acc.process_index, acc.num_processes

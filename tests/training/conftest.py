@@ -57,3 +57,11 @@ def train_config(tmp_path, t5, source, **over):
         else:
             cfg[k] = v
     return cfg
+
+
+@pytest.fixture(autouse=True)
+def _restore_deterministic_flag():
+    """A trainer with ``deterministic: true`` sets a process-wide torch flag; keep it from leaking between tests."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)

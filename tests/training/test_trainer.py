@@ -96,7 +96,8 @@ def test_resume_is_bitwise_exact(tmp_path, tiny_t5, colours):
     over = dict(steps=4, grad_accum=2, batch_size=3, checkpoint_every=1, keep_checkpoints=2,
                 optim={"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine", "min_lr_ratio": 0.1},
                 stage={"config": None, "preset": "tiny-base32", "overrides": {"unet": {"dropout": 0.1}}},
-                data={"sources": [colours], "shuffle_buffer": 3})  # 4 images, batch 3: epochs end mid-batch
+                data={"sources": [colours], "shuffle_buffer": 3},  # 4 images, batch 3: epochs end mid-batch
+                deterministic=True)  # a no-op on the CPU; on CUDA, what makes resume exact
     # The uninterrupted run also draws a sample grid every step: sampling must not touch the run's RNG.
     full = Trainer(TrainConfig.from_dict(train_config(tmp_path / "a", tiny_t5, colours, **over,
                                                       sample={"every": 1, "steps": 2, "num_held": 2})))
