@@ -48,7 +48,9 @@ def open_image(src: ImageLike, name: str | None = None) -> Image.Image:
         return img
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError as e:  # PIL's own message only repeats the file object's repr
+        raise ImageLoadError(f"{label}: not an image format PIL can read") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"{label}: cannot decode image ({type(e).__name__}: {e})") from e
 
 

@@ -69,3 +69,5 @@ def test_truncated_lazy_pil_image_is_named(tmp_path):
         open_image(lazy)
     with pytest.raises(ImageLoadError, match=r"subject_images\[1\]"):
         load_image_tensor(data[:100], 8, name="subject_images[1]")
+    with pytest.raises(ImageLoadError, match=r"^<bytes>: not an image format PIL can read$"):
+        open_image(b"<html>not an image</html>")  # the reason, not a BytesIO repr

@@ -57,6 +57,7 @@ def test_img2dataset_shards_decode_and_count_skips(t2i_shards, caplog):
     skipped = {k.split(":")[-1]: r for k, r in batch["skipped"]}
     assert set(skipped) >= {"000000010", "000000016", "000000017", "000000018"}
     assert "cannot decode image" in skipped["000000010"] and "000000010.jpg" in skipped["000000010"]
+    assert "0x" not in skipped["000000010"]  # a reason, not an object repr
     assert "no caption" in skipped["000000016"]
     assert "no image member" in skipped["000000017"]
     assert "empty" in skipped["000000018"]
