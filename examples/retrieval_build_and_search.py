@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--pretrained")
     parser.add_argument("--shards", nargs="+")
     parser.add_argument("--folder")
+    parser.add_argument("--key-prefix", help="prefix for the keys of these sources, e.g. 'run2/' to merge runs")
     parser.add_argument("--db", help="database folder (default: a temporary one)")
     parser.add_argument("--query", default="a photo of a dog")
     args = parser.parse_args()
@@ -97,9 +98,13 @@ def main() -> None:
         shards = [str(write_demo_shard(work / "00000.tar"))]
 
     db_folder = Path(args.db) if args.db else work / "db"
-    db, report = PairsDatabase.build(db_folder, embedder, shards=shards, image_folder=args.folder)
-    print(report.summary())
-    print(db, "search params:", db.index.search_params)
+    # progress=True: bars for shard bytes / folder images (the CLI shows them unless --quiet).
+    db, report = PairsDatabase.build(db_folder, embedder, shards=shards, image_folder=args.folder,
+                                     key_prefix=args.key_prefix, progress=True)
+    print(report.summary())  # added, skipped samples and unreadable shards, each with its reason
+    info = db.index_info
+    print(db, "search params:", info["search_params"],
+          f"tuned recall {info['tuned_recall']} at {info['tuned_at_count']} of {info['count']} records")
 
     print(f"\ntext query {args.query!r}:")
     for rec in db.search_text(args.query, k=3):

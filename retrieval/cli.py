@@ -26,10 +26,17 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--shards", nargs="+", default=None,
                        help="tar shards: paths, globs, brace ranges such as 'data/{00000..00009}.tar', or folders")
     build.add_argument("--folder", default=None, help="folder of images with same-stem .txt captions")
+    build.add_argument("--key-prefix", default=None,
+                       help="put this in front of every key of the sources given (e.g. 'run2/'), so two "
+                            "img2dataset runs or two folders with the same file names can share a database")
     _model_args(build)
     build.add_argument("--batch-size", type=int, default=64)
     build.add_argument("--memory-budget", default=None, help="index memory budget, e.g. 4GB (default: half the free RAM)")
-    build.add_argument("--target-recall", type=float, default=0.95, help="recall@10 the index search is tuned for")
+    build.add_argument("--target-recall", type=float, default=0.95,
+                       help="recall@10 the index search is tuned for (with --target-latency-ms: kept unless "
+                            "it is slower than that)")
+    build.add_argument("--target-latency-ms", type=float, default=None,
+                       help="mean search time per query the index is tuned to stay within")
     build.add_argument("--report", default=None, help="write the build report (added, skipped keys + reasons) as JSON")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=run_build)
@@ -54,9 +61,13 @@ def _model_args(parser: argparse.ArgumentParser, required: bool = False) -> None
     parser.add_argument("--pretrained", default=None, help="pretrained tag or weights file for --model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--allow-different-model", action="store_true",
+                        help="use --model even though its weights differ from the model the database was built "
+                             "with (only if you know both give the same embeddings)")
 
 
 def _embedder(args, db_folder: Path):
+    """--model if given, else the model recorded in an existing database (None for a new one)."""
     from .database import DB_FILE
     from .embedder import Embedder
 
@@ -83,22 +94,30 @@ def run_build(args) -> int:
         if embedder is None:
             print("error: --model is required for a new database", file=sys.stderr)
             return 2
+        # Bars by default: an index build over many shards runs for hours without one.
         db, report = PairsDatabase.build(db_folder, embedder, shards=args.shards, image_folder=args.folder,
-                                         memory_budget=args.memory_budget, target_recall=args.target_recall,
-                                         batch_size=args.batch_size, progress=False if args.quiet else None)
-    except (RetrievalError, FileNotFoundError, FileExistsError, ValueError) as exc:
+                                         key_prefix=args.key_prefix, memory_budget=args.memory_budget,
+                                         target_recall=args.target_recall, target_latency_ms=args.target_latency_ms,
+                                         batch_size=args.batch_size, progress=not args.quiet,
+                                         allow_different_embedder=args.allow_different_model)
+    except (RetrievalError, FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
-    tuning = db.index.tuning if db.index is not None else None
-    print(f"{db}; search params {db.index.search_params if db.index else {}}"
-          + (f"; tuned recall@{tuning.k} {tuning.recall:.3f} at {tuning.qps:.0f} queries/s" if tuning else ""))
+    info = db.index_info
+    tuned = ""
+    if info.get("tuned_recall") is not None:
+        measured = info.get("tuned_at_count")
+        at = f"measured at {measured} of {len(db)} records" if measured != len(db) else f"{len(db)} records"
+        tuned = (f"; tuned recall@{info['k']} {info['tuned_recall']:.3f}, "
+                 f"{info['tuned_latency_ms']:.3f} ms/query ({at})")
+    print(f"{db}; search params {info.get('search_params', {})}{tuned}")
     if args.report:
-        Path(args.report).write_text(json.dumps({
-            "added": report.added, "skipped": report.skipped, "warnings": report.warnings,
-            "already_present": report.already_present, "sources_done": report.sources_done,
-            "sources_already_indexed": report.sources_already_indexed, "records": len(db),
-            "index_key": db.index.key if db.index else None}, indent=2))
+        out = Path(args.report)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(dict(report.to_dict(), records=len(db), index_key=info.get("key"),
+                                        index=info), indent=2))
+        tmp.replace(out)
     return 0
 
 
@@ -109,7 +128,7 @@ def run_search(args) -> int:
 
     try:
         embedder = _embedder(args, Path(args.db)) if (args.model or not args.vector) else None
-        db = PairsDatabase.open(args.db, embedder)
+        db = PairsDatabase.open(args.db, embedder, allow_different_embedder=args.allow_different_model)
         if args.text is not None:
             results = db.search_text(args.text, args.k)
         elif args.image is not None:

@@ -10,12 +10,15 @@ Loading:
   architecture + a pretrained tag (downloaded by open_clip) or a weights file path.
 - `Embedder.from_pretrained("local-dir:/path")`: a folder with `open_clip_config.json`
   and weights (`open_clip_model.safetensors`, ...), as written by `save_pretrained`.
+  Local weight files are loaded strictly by weights.py, never left random.
 - `Embedder.from_config(cfg, name=...)`: an architecture dict (tiny test models).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 import json
 import math
 import os
@@ -33,6 +36,7 @@ from tqdm.auto import tqdm
 from .errors import DimensionMismatchError, ImageReadError, InvalidVectorError
 from .images import open_image
 from .vectors import as_matrix
+from .weights import WEIGHT_SUFFIXES, find_weights, load_weights, weights_loaded_separately, weights_sha256
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -82,22 +86,57 @@ class Embedder:
         self.spec = spec
         self._device = torch.device(device)
         self._dtype = _resolve_dtype(dtype)
+        self._fingerprint: str | None = None
+        self._hash_before_lossy_cast(self._dtype)
         self.model.to(device=self._device, dtype=self._dtype)
         self.dim = int(self.model_cfg["embed_dim"])
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the model weights (names, shapes, float32 values); computed once.
+
+        A PairsDatabase stores it and refuses an embedder whose weights differ.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = weights_sha256(self.model)
+        return self._fingerprint
+
+    @property
+    def label(self) -> str:
+        """How to name this model in messages: its load spec, else its registered name."""
+        if self.spec and self.spec.get("pretrained"):
+            return f"{self.spec['name']} (pretrained={self.spec['pretrained']})"
+        return self.spec["name"] if self.spec else self.name
+
+    def _hash_before_lossy_cast(self, dtype: torch.dtype) -> None:
+        # fp32 -> fp16/bf16 rounds the weights; hash them first so a database built with
+        # the fp32 model still recognises the same model loaded in half precision.
+        if self._fingerprint is None and dtype != torch.float32 and any(
+                p.dtype == torch.float32 for p in self.model.parameters()):
+            self._fingerprint = weights_sha256(self.model)
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, name: str, pretrained: str | None = None, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str = torch.float32, cache_dir: str | None = None) -> "Embedder":
-        """Load an open_clip model by `name` + `pretrained` tag/weights path, or from `local-dir:FOLDER`."""
+        """Load an open_clip model by `name` + `pretrained` tag/weights path, or from `local-dir:FOLDER`.
+
+        Local weights (a local-dir: folder's file, or `pretrained` given as a file path)
+        are read here, strictly: a missing, unreadable or mismatching file is an error
+        naming it, never a silently random model.
+        """
         open_clip = _open_clip()
+        weights_file = None
+        create_kwargs: dict = {}
         if name.startswith(LOCAL_DIR):
             folder = Path(name[len(LOCAL_DIR):]).expanduser().resolve()
-            model_cfg, preprocess_cfg = _read_local_dir(folder)
+            model_cfg, preprocess_cfg, weights_file = _read_local_dir(folder)
             if pretrained is not None:
                 raise ValueError(f"pretrained={pretrained!r} cannot be combined with {name!r}: "
                                  "a local-dir: folder carries its own weights")
             model_name, spec = f"{LOCAL_DIR}{folder}", {"name": f"{LOCAL_DIR}{folder}", "pretrained": None}
+            if "load_weights" in inspect.signature(open_clip.create_model_and_transforms).parameters:
+                create_kwargs["load_weights"] = False  # loaded below, strictly (else loaded twice: harmless)
         elif name.startswith("hf-hub:"):
             model_name, spec, model_cfg, preprocess_cfg = name, {"name": name, "pretrained": None}, None, None
         else:
@@ -107,14 +146,23 @@ class Embedder:
                     "file path. Use Embedder.from_config for a randomly initialised model.")
             if name.replace("/", "-") not in open_clip.list_models():
                 raise ValueError(f"unknown open_clip architecture {name!r}; known: {open_clip.list_models()[:8]}...")
-            if os.path.exists(pretrained):
+            if os.path.isdir(pretrained):
+                raise ValueError(f"pretrained={pretrained!r} is a folder; load it as 'local-dir:{pretrained}'")
+            if Path(pretrained).suffix in WEIGHT_SUFFIXES:  # other files (e.g. big_vision .npz): open_clip
+                weights_file = Path(pretrained).expanduser().resolve()
+                if not weights_file.is_file():
+                    raise FileNotFoundError(f"weights file not found: {weights_file}")
+                pretrained = str(weights_file)
+            elif os.path.exists(pretrained):
                 pretrained = str(Path(pretrained).resolve())
             model_name, spec = name, {"name": name, "pretrained": pretrained}
             model_cfg, preprocess_cfg = open_clip.get_model_config(name), None
+        quiet = weights_loaded_separately() if weights_file is not None else contextlib.nullcontext()
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=None if name.startswith((LOCAL_DIR, "hf-hub:")) else pretrained,
-                device="cpu", cache_dir=cache_dir)
+            with quiet:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=None if weights_file is not None or name.startswith("hf-hub:")
+                    else pretrained, device="cpu", cache_dir=cache_dir, **create_kwargs)
         except (FileNotFoundError, ValueError):
             raise
         except Exception as exc:
@@ -122,6 +170,8 @@ class Embedder:
                 f"could not load open_clip model {name!r} (pretrained={pretrained!r}): {exc}. "
                 "Offline? Save the model once with Embedder.save_pretrained(folder) and load it "
                 "with 'local-dir:folder'.") from exc
+        if weights_file is not None:
+            load_weights(model, weights_file, name)
         if model_cfg is None:  # hf-hub: the config came with the download
             model_cfg = open_clip.get_model_config(name)
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
@@ -150,10 +200,11 @@ class Embedder:
             cfg_path.write_text(json.dumps(model_cfg))
             open_clip.add_model_config(cfg_path)  # the registry keeps the parsed dict after tmp is gone
         pp = preprocess_cfg or {}
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None, device="cpu",
-            image_mean=pp.get("mean"), image_std=pp.get("std"),
-            image_interpolation=pp.get("interpolation"), image_resize_mode=pp.get("resize_mode"))
+        with weights_loaded_separately() if state_dict is not None else contextlib.nullcontext():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, device="cpu",
+                image_mean=pp.get("mean"), image_std=pp.get("std"),
+                image_interpolation=pp.get("interpolation"), image_resize_mode=pp.get("resize_mode"))
         if state_dict is not None:
             model.load_state_dict(state_dict, strict=True)
         tokenizer = open_clip.get_tokenizer(name)
@@ -197,6 +248,7 @@ class Embedder:
             self._device = torch.device(device)
         if dtype is not None:
             self._dtype = _resolve_dtype(dtype)
+            self._hash_before_lossy_cast(self._dtype)
         self.model.to(device=self._device, dtype=self._dtype)
         return self
 
@@ -327,7 +379,7 @@ class Embedder:
         return f"Embedder(name={self.name!r}, dim={self.dim}, device={self._device}, dtype={self._dtype})"
 
 
-def _read_local_dir(folder: Path) -> tuple[dict, dict]:
+def _read_local_dir(folder: Path) -> tuple[dict, dict, Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"local-dir: folder not found: {folder}")
     cfg_path = folder / CONFIG_FILE
@@ -339,11 +391,8 @@ def _read_local_dir(folder: Path) -> tuple[dict, dict]:
         raise ValueError(f"{cfg_path} is not valid JSON: {exc}") from exc
     if "model_cfg" not in config:
         raise ValueError(f"{cfg_path} has no 'model_cfg' entry")
-    weights = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt")]
-    if not weights:
-        # open_clip would silently build a random model here; for retrieval that is never wanted.
-        raise FileNotFoundError(f"local-dir: folder {folder} has no weights file (expected {WEIGHTS_FILE})")
-    return config["model_cfg"], config.get("preprocess_cfg", {})
+    # open_clip would silently build a random model without a weights file it knows.
+    return config["model_cfg"], config.get("preprocess_cfg", {}), find_weights(folder)
 
 
 def _jsonable(value):

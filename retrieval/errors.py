@@ -6,6 +6,18 @@ the bad input without a debugger.
 
 from __future__ import annotations
 
+import re
+
+# Object reprs such as "<_io.BytesIO object at 0x7f..>" (PIL puts them in its
+# messages) tell the user nothing and differ on every run.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def clean_reason(text) -> str:
+    """A one-line reason without object reprs or trailing whitespace."""
+    text = _OBJECT_REPR.sub("", str(text))
+    return " ".join(text.split())
+
 
 class RetrievalError(Exception):
     """Base class for all retrieval errors."""
@@ -20,7 +32,7 @@ class ImageReadError(RetrievalError):
 
     def __init__(self, path, reason: str):
         self.path = str(path)
-        self.reason = str(reason)
+        self.reason = clean_reason(reason)
         super().__init__(f"cannot read image {self.path}: {self.reason}")
 
 
@@ -46,3 +58,11 @@ class CorruptDatabaseError(RetrievalError):
 
 class MemoryBudgetError(RetrievalError, ValueError):
     """No index type fits in the given memory budget."""
+
+
+class EmbedderMismatchError(RetrievalError, ValueError):
+    """An embedder differs (weights or dimension) from the one a database was built with."""
+
+
+class ModelLoadError(RetrievalError, ValueError):
+    """A model's weights file is unreadable or does not match its architecture."""

@@ -108,6 +108,10 @@ def open_image(source: ImageSource, name: str | None = None) -> Image.Image:
                 return to_rgb(image)
     except ImageReadError:
         raise
+    except Image.UnidentifiedImageError as exc:
+        # PIL's message names only an in-memory buffer object; say what it means instead.
+        raise ImageReadError(label, "UnidentifiedImageError: not a recognised image format "
+                                    "(PIL cannot identify the data)") from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise ImageReadError(label, reason) from exc

@@ -54,6 +54,7 @@ class TuningResult:
     met: bool  # whether every requested target was met
     k: int
     sweep: list[dict] = field(default_factory=list)  # one {value, recall, latency_ms, qps} per value tried
+    ntotal: int | None = None  # vectors in the index when this was measured (None: not recorded)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -305,7 +306,7 @@ class Index:
             row = measure(None)
             result = TuningResult(None, None, row["recall"], row["latency_ms"], row["qps"],
                                   met=target_latency_ms is None or row["latency_ms"] <= target_latency_ms,
-                                  k=k, sweep=[row])
+                                  k=k, sweep=[row], ntotal=self.ntotal)
             self.tuning = result
             return result
         grid = [v for v in (NPROBE_GRID if param == "nprobe" else EF_SEARCH_GRID)]
@@ -339,7 +340,7 @@ class Index:
             chosen, met = next(r for r in sweep if r["recall"] >= best - PLATEAU_TOLERANCE), False
         self.set_search_param(param, chosen["value"])
         self.tuning = TuningResult(param, int(chosen["value"]), chosen["recall"], chosen["latency_ms"],
-                                   chosen["qps"], met, k, sweep)
+                                   chosen["qps"], met, k, sweep, ntotal=self.ntotal)
         return self.tuning
 
     # -------------------------------------------------------------- save/load
@@ -364,17 +365,23 @@ class Index:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = True) -> "Index":
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = True,
+             require_sidecar: bool = False) -> "Index":
         """Read an index written by `save`; memory-mapped when `mmap` and the type allows it.
 
         verify=True checks size and SHA-256 against the sidecar before faiss parses the
-        file (reads the file once). Raises CorruptIndexError on any inconsistency.
+        file (reads the file once). Raises CorruptIndexError on any inconsistency, and,
+        with require_sidecar=True, when the sidecar is missing (a plain faiss file
+        without one loads otherwise, unchecked).
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"index file not found: {path}")
         side = Path(str(path) + SIDECAR_SUFFIX)
         meta = None
+        if require_sidecar and not side.is_file():
+            raise CorruptIndexError(f"index sidecar {side} is missing, so index file {path} cannot be checked "
+                                    "(size, SHA-256, type, tuned parameters)")
         if side.is_file():
             try:
                 meta = json.loads(side.read_text())
@@ -472,14 +479,30 @@ def _ivf_of(index: faiss.Index):
         return None
 
 
+def _mmap_flags() -> list[int]:
+    """Memory-map flags to try, best first.
+
+    IO_FLAG_MMAP_IFC (recent faiss only; looked up with getattr so older releases
+    still work) also maps the codes of flat and HNSW storage. IO_FLAG_MMAP (every
+    faiss the project supports) maps only IVF inverted lists; the rest of the index
+    is read into RAM. If faiss refuses both, the index is read into RAM.
+    """
+    return [flag for flag in (getattr(faiss, "IO_FLAG_MMAP_IFC", None), getattr(faiss, "IO_FLAG_MMAP", None))
+            if flag is not None]
+
+
 def _read_faiss(path: Path, mmap: bool):
     errors = []
-    flags = [faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP] if mmap else []
+    flags = _mmap_flags() if mmap else []
     for flag in flags + [0]:
         try:
-            return faiss.read_index(str(path), flag), flag != 0
+            index = faiss.read_index(str(path), flag)
         except RuntimeError as exc:
             errors.append(str(exc).strip().splitlines()[-1][:300])
+            continue
+        # The older flag maps IVF lists only; anything else was read into RAM.
+        mapped = flag != 0 and (flag == getattr(faiss, "IO_FLAG_MMAP_IFC", None) or _ivf_of(index) is not None)
+        return index, mapped
     raise CorruptIndexError(f"cannot read faiss index {path}: {errors[-1]}")
 
 

@@ -18,10 +18,12 @@ import glob
 import json
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .errors import RetrievalError, clean_reason
 from .images import IMAGE_EXTENSIONS
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -120,39 +122,156 @@ def _make_sample(key: str, members: dict, shard: Path, compressed: bool) -> Pair
     return PairSample(key, caption, meta, location, data, warnings=warnings)
 
 
-def iter_webdataset_shard(shard: str | os.PathLike) -> Iterator[PairSample]:
-    """Yield the samples of one tar shard in order. Raises ValueError for an unreadable tar."""
-    shard = Path(shard).resolve()
-    compressed = not shard.name.endswith(".tar")
-    try:
-        archive = tarfile.open(shard, mode="r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise ValueError(f"cannot open shard {shard}: {exc}") from exc
-    current_key, members = None, {}
-    with archive:
+class ShardOpenError(RetrievalError, ValueError):
+    """A shard could not be opened as a tar archive; `reason` says why (no object reprs)."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = clean_reason(reason)
+        super().__init__(f"cannot open shard {self.path}: {self.reason}")
+
+
+def _tar_mode(name: str) -> str:
+    if name.endswith((".tar.gz", ".tgz")):
+        return "r:gz"
+    if name.endswith(".tar.bz2"):
+        return "r:bz2"
+    if name.endswith(".tar.xz"):
+        return "r:xz"
+    return "r:" if name.endswith(".tar") else "r:*"
+
+
+def _open_reason(exc: BaseException) -> str:
+    text = clean_reason(exc)
+    if text == "empty file":
+        return "empty file (0 bytes)"
+    if text in ("invalid header", "bad checksum", "truncated header"):
+        return f"not a tar archive ({text} in the first block)"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class ShardReader:
+    """An opened webdataset shard: iterate for its samples in order.
+
+    Opening happens in the constructor, so an unreadable shard fails before any
+    sample is read (ShardOpenError). `position` is how many bytes of the shard
+    file have been consumed, for progress bars. A shard that is truncated or
+    corrupt part-way yields the samples read so far and then one sample with
+    `error` set that says where and why it stopped.
+    """
+
+    def __init__(self, shard: str | os.PathLike):
+        self.path = Path(shard).resolve()
         try:
-            for info in archive:
-                if not info.isfile():
-                    continue
-                key, ext = _split_member(info.name)
-                if key != current_key:
+            self.size = self.path.stat().st_size
+            self._raw = open(self.path, "rb")
+        except OSError as exc:
+            raise ShardOpenError(self.path, exc.strerror or type(exc).__name__) from exc
+        mode = _tar_mode(self.path.name)
+        try:
+            self._archive = tarfile.open(fileobj=self._raw, mode=mode)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            reason = _open_reason(exc)
+            if mode == "r:" and self.size:  # a compressed shard named .tar still works
+                try:
+                    self._raw.seek(0)
+                    self._archive, mode = tarfile.open(fileobj=self._raw, mode="r:*"), "r:*"
+                except (tarfile.TarError, OSError, EOFError, zlib.error):
+                    self._raw.close()
+                    raise ShardOpenError(self.path, reason) from exc
+            else:
+                self._raw.close()
+                raise ShardOpenError(self.path, reason) from exc
+        # Compressed members cannot be read back by seeking to a byte offset.
+        self.compressed = self._archive.fileobj is not self._raw
+
+    @property
+    def position(self) -> int:
+        return self.size if self._raw.closed else self._raw.tell()
+
+    def close(self) -> None:
+        self._archive.close()
+        self._raw.close()
+
+    def __iter__(self) -> Iterator[PairSample]:
+        archive, shard = self._archive, self.path
+        current_key, members, reading = None, {}, None
+        try:
+            try:
+                for info in archive:
+                    if not info.isfile():
+                        continue
+                    key, ext = _split_member(info.name)
+                    if key != current_key:
+                        if current_key is not None:
+                            yield _make_sample(current_key, members, shard, self.compressed)
+                        current_key, members = key, {}
+                    if not ext or ext.startswith("__"):  # webdataset treats "__key__"-style names as internal
+                        continue
+                    reading = info
+                    handle = archive.extractfile(info)
+                    data = handle.read() if handle is not None else b""
+                    if len(data) != info.size:
+                        raise EOFError(f"read {len(data)} of {info.size} bytes")
+                    members[ext], reading = (info, data), None
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                if reading is not None:
+                    yield self._broken_member(current_key, members, reading, exc)
+                else:
                     if current_key is not None:
-                        yield _make_sample(current_key, members, shard, compressed)
-                    current_key, members = key, {}
-                if not ext or ext.startswith("__"):  # webdataset treats "__key__"-style names as internal
-                    continue
-                handle = archive.extractfile(info)
-                members[ext] = (info, handle.read() if handle is not None else b"")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            # A truncated shard: keep what was read, and report the rest as one failure.
+                        yield _make_sample(current_key, members, shard, self.compressed)
+                    yield self._rest(f"shard is corrupt or truncated after byte {archive.offset}: "
+                                     f"{_open_reason(exc)}")
+                return
             if current_key is not None:
-                yield _make_sample(current_key, members, shard, compressed)
-                current_key = None
-            yield PairSample(f"{shard.name}:<rest>", "", {}, {"kind": "tar", "path": str(shard), "member": None,
-                                                             "offset": -1, "size": -1},
-                             error=f"shard is truncated or corrupt after this point: {exc}")
-        if current_key is not None:
-            yield _make_sample(current_key, members, shard, compressed)
+                yield _make_sample(current_key, members, shard, self.compressed)
+            tail = self._unread_tail(archive.offset)
+            if tail:
+                yield self._rest(tail)
+        finally:
+            self.close()
+
+    def _broken_member(self, key: str, members: dict, info: tarfile.TarInfo, exc: BaseException) -> PairSample:
+        """The sample whose member could not be read in full, with an exact reason."""
+        end = info.offset_data + info.size
+        if not self.compressed and end > self.size:
+            reason = (f"shard is truncated inside member {info.name}: the member needs {info.size} bytes from "
+                      f"byte {info.offset_data} but the shard ends at byte {self.size}")
+        else:
+            reason = f"cannot read member {info.name} ({info.size} bytes): {_open_reason(exc)}"
+        sample = _make_sample(key, members, self.path, self.compressed)
+        sample.error = reason
+        sample.location["member"] = info.name
+        return sample
+
+    def _rest(self, reason: str) -> PairSample:
+        return PairSample(f"{self.path.name}:<rest>", "", {},
+                          {"kind": "tar", "path": str(self.path), "member": None, "offset": -1, "size": -1},
+                          error=reason)
+
+    def _unread_tail(self, offset: int) -> str | None:
+        """tarfile ends iteration silently at a bad header after the first member; look
+        at what follows the last member: only zero blocks (end of archive) are fine."""
+        stream = self._raw if not self.compressed else self._archive.fileobj
+        try:
+            stream.seek(offset)
+            block = stream.read(1024)
+        except (OSError, EOFError, zlib.error, ValueError) as exc:
+            return f"shard is corrupt after byte {offset}: {_open_reason(exc)}"
+        if block.strip(b"\0"):
+            where = f"; {self.size - offset} bytes were not read" if not self.compressed else ""
+            return f"invalid or truncated tar header at byte {offset}{where} (corrupt shard)"
+        return None
+
+
+def open_webdataset_shard(shard: str | os.PathLike) -> ShardReader:
+    """Open a tar shard (ShardOpenError, a ValueError, when it cannot be opened)."""
+    return ShardReader(shard)
+
+
+def iter_webdataset_shard(shard: str | os.PathLike) -> Iterator[PairSample]:
+    """Yield the samples of one tar shard in order. Raises ShardOpenError for an unreadable tar."""
+    yield from ShardReader(shard)
 
 
 def list_folder_images(root: str | os.PathLike) -> list[Path]:

@@ -147,3 +147,58 @@ def test_builtin_name_with_local_weights_file(tmp_path, tiny_embedder):
     again = Embedder.from_pretrained("tiny-clip-test", pretrained=str(weights))
     assert again.spec["pretrained"] == str(weights.resolve())
     np.testing.assert_array_equal(again.embed_texts(["z"]), tiny_embedder.embed_texts(["z"]))
+
+
+# ---------------------------------------------------------------- local weights, strictly
+def _folder_with(tmp_path, name, tiny_clip_dir, files: dict):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text((tiny_clip_dir / "open_clip_config.json").read_text())
+    for file_name, write in files.items():
+        write(folder / file_name)
+    return folder
+
+
+def test_pt_and_bin_weights_in_a_local_dir_are_loaded(tmp_path, tiny_clip_dir, tiny_embedder):
+    # open_clip ignores .pt files and would build a random model; they must be loaded.
+    state = tiny_embedder.model.state_dict()
+    for file_name, payload in [("weights.pt", state), ("open_clip_pytorch_model.bin", {"state_dict": state})]:
+        folder = _folder_with(tmp_path, file_name, tiny_clip_dir, {file_name: lambda p, s=payload: torch.save(s, p)})
+        loaded = Embedder.from_pretrained(f"local-dir:{folder}")
+        np.testing.assert_array_equal(loaded.embed_texts(["a cat"]), tiny_embedder.embed_texts(["a cat"]))
+        assert loaded.fingerprint == tiny_embedder.fingerprint
+
+
+def test_wrong_or_unreadable_weights_are_errors_naming_the_file(tmp_path, tiny_clip_dir, tiny_embedder):
+    from retrieval import ModelLoadError
+
+    state = dict(tiny_embedder.model.state_dict())
+    cases = {
+        "junk": ({"readme.pt": lambda p: p.write_bytes(b"hello")}, "readme.pt"),
+        "missing-key": ({"model.pt": lambda p: torch.save({k: v for k, v in state.items()
+                                                           if k != "logit_scale"}, p)}, "1 missing"),
+        "other-arch": ({"model.pt": lambda p: torch.save(dict(state, text_projection=torch.zeros(32, 24)), p)},
+                       "wrong shape"),
+        "pickle": ({"model.pt": lambda p: torch.save({"opt": object()}, p)}, "weights_only"),
+        "two-files": ({"a.safetensors": lambda p: p.write_bytes(b"x"), "b.pt": lambda p: p.write_bytes(b"y")},
+                      "several weights files"),
+    }
+    for name, (files, message) in cases.items():
+        folder = _folder_with(tmp_path, name, tiny_clip_dir, files)
+        with pytest.raises(ModelLoadError, match=message) as info:
+            Embedder.from_pretrained(f"local-dir:{folder}")
+        assert str(folder) in str(info.value), name
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        Embedder.from_pretrained("tiny-clip-test", pretrained=str(tmp_path / "nothing.pt"))
+
+
+def test_fingerprint_identifies_the_weights_not_the_dtype(tiny_clip_dir, tiny_embedder):
+    again = Embedder.from_pretrained(f"local-dir:{tiny_clip_dir}")
+    assert again.fingerprint == tiny_embedder.fingerprint and len(again.fingerprint) == 64
+    half = Embedder.from_pretrained(f"local-dir:{tiny_clip_dir}", dtype="bfloat16")
+    assert half.fingerprint == tiny_embedder.fingerprint  # hashed before the lossy cast
+    late = Embedder.from_pretrained(f"local-dir:{tiny_clip_dir}").to(dtype=torch.float16)
+    assert late.fingerprint == tiny_embedder.fingerprint
+    torch.manual_seed(1)
+    other = Embedder.from_config(TINY_CLIP_CFG, name="tiny-clip-test")
+    assert other.fingerprint != tiny_embedder.fingerprint

@@ -183,3 +183,37 @@ def test_corrupt_index_files_get_clear_errors(data, tmp_path):
 
     with pytest.raises(FileNotFoundError):
         Index.load(tmp_path / "missing.faiss")
+
+
+def test_load_works_without_the_recent_mmap_flag(data, built, tmp_path, monkeypatch):
+    # IO_FLAG_MMAP_IFC only exists in recent faiss; older releases fall back to IO_FLAG_MMAP
+    # (IVF lists mapped, the rest read into RAM) or to a plain read.
+    import faiss
+
+    _, queries, _ = data
+    paths = {family: index.save(tmp_path / f"{family}.faiss") for family, index in built.items()}
+    monkeypatch.delattr(faiss, "IO_FLAG_MMAP_IFC", raising=False)
+    for family, path in paths.items():
+        loaded = Index.load(path)
+        assert loaded.mmapped == (family in ("ivf_flat", "ivf_pq")), family
+        np.testing.assert_array_equal(loaded.search(queries, 10)[1], built[family].search(queries, 10)[1])
+    monkeypatch.delattr(faiss, "IO_FLAG_MMAP", raising=False)
+    assert not Index.load(paths["ivf_flat"]).mmapped
+
+
+def test_a_missing_sidecar_is_corrupt_when_required(data, tmp_path):
+    base, _, _ = data
+    path = Index.build(base[:3000], key="Flat", target_recall=None).save(tmp_path / "x.faiss")
+    (tmp_path / "x.faiss.json").unlink()
+    assert len(Index.load(path)) == 3000  # a plain faiss file is accepted by default ...
+    with pytest.raises(CorruptIndexError, match="x.faiss.json is missing"):
+        Index.load(path, require_sidecar=True)  # ... but not where the sidecar is expected
+
+
+def test_tuning_records_the_count_it_was_measured_at(data, tmp_path):
+    base, _, _ = data
+    index = Index.build(base[:11_000], key="HNSW16,Flat", target_recall=0.9)
+    assert index.tuning.ntotal == 11_000
+    index.add(base[11_000:])
+    assert index.tuning.ntotal == 11_000 and len(index) == len(base)
+    assert Index.load(index.save(tmp_path / "t.faiss")).tuning.ntotal == 11_000
