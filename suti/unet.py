@@ -152,7 +152,7 @@ class Level(nn.Module):
     """Residual blocks then attention layers at one resolution (one DBlock or UBlock body)."""
 
     def __init__(self, cfg: UNetConfig, in_ch: int, ch: int, n_blocks: int, emb_dim: int, cond_dim: int,
-                 self_attn: bool, cross_attn: bool, context_attn: bool, context_key: str):
+                 self_attn: bool, cross_attn: bool, context_attn: bool, context_key: str, layer_name: str):
         super().__init__()
         g = cfg.num_groups
         self.blocks = nn.ModuleList(
@@ -162,8 +162,8 @@ class Level(nn.Module):
         self.cross_attn = Attention(ch, cfg.head_dim, g, kv_dim=cond_dim) if cross_attn else None
         # Exemplar features at this resolution have this level's channel count.
         self.context_attn = Attention(ch, cfg.head_dim, g, kv_dim=ch, zero_out=True) if context_attn else None
-        self.context_key = context_key  # which exemplar feature map this level reads
-        self.layer_name = context_key  # unique per Level; EfficientUNet sets down*/middle/up*
+        self.context_key = context_key  # which exemplar feature map this level reads (shared by down/up)
+        self.layer_name = layer_name  # this level's own name (down*/middle/up*): its projected keys/values
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         for block in self.blocks:
@@ -214,12 +214,12 @@ class EfficientUNet(nn.Module):
             down = i > 0 or cfg.downsample_first
             self.downsamples.append(nn.Conv2d(prev, ch, 3, stride=2, padding=1) if down else nn.Identity())
             self.down.append(Level(cfg, ch, ch, cfg.num_res_blocks[i], emb_dim, cond_dim, cfg.self_attention[i],
-                                   cfg.cross_attention[i], cfg.context_attention[i], f"level{i}"))
+                                   cfg.cross_attention[i], cfg.context_attention[i], f"level{i}", f"down{i}"))
             prev = ch
 
         low = cfg.num_levels - 1
         self.middle = Level(cfg, chs[-1], chs[-1], 2, emb_dim, cond_dim, cfg.middle_self_attention,
-                            cfg.cross_attention[low], cfg.middle_context_attention, "middle")
+                            cfg.cross_attention[low], cfg.middle_context_attention, "middle", "middle")
 
         # Up stack: UBlock = concat scaled skip -> res blocks -> attention -> [upsample conv].
         self.up = nn.ModuleList()
@@ -227,7 +227,8 @@ class EfficientUNet(nn.Module):
         for i in reversed(range(cfg.num_levels)):
             ch = chs[i]
             self.up.append(Level(cfg, prev + ch, ch, cfg.num_res_blocks[i], emb_dim, cond_dim,
-                                 cfg.self_attention[i], cfg.cross_attention[i], cfg.context_attention[i], f"level{i}"))
+                                 cfg.self_attention[i], cfg.cross_attention[i], cfg.context_attention[i], f"level{i}",
+                                 f"up{i}"))
             out = chs[i - 1] if i > 0 else ch
             up = i > 0 or cfg.downsample_first
             self.upsamples.append(
@@ -235,12 +236,6 @@ class EfficientUNet(nn.Module):
                 if up else nn.Identity()
             )
             prev = out
-
-        for i, level in enumerate(self.down):
-            level.layer_name = f"down{i}"
-        self.middle.layer_name = "middle"
-        for i, level in zip(reversed(range(cfg.num_levels)), self.up):
-            level.layer_name = f"up{i}"
 
         self.out = nn.Sequential(nn.GroupNorm(min(cfg.num_groups, chs[0]), chs[0]), nn.SiLU(),
                                  zero_module(nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)))
