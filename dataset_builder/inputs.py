@@ -127,6 +127,10 @@ def read_error(unit: InputUnit, counts: Counts, errors: list, reason: str, exc: 
           "(records read before the error are kept)", file=sys.stderr)
 
 
+# What reading a text input can raise when the file breaks off or holds bad bytes (not a bug of ours).
+TEXT_READ_ERRORS = (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error)
+
+
 def _guarded(lines: Iterator, on_error) -> Iterator:
     """Yields from `lines` until it raises a read error (EOF inside gzip, bad bytes, I/O), then calls on_error.
     Only the reading is guarded, never the caller's processing of what it yields."""
@@ -135,7 +139,7 @@ def _guarded(lines: Iterator, on_error) -> Iterator:
             item = next(lines)
         except StopIteration:
             return
-        except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error) as e:
+        except TEXT_READ_ERRORS as e:
             on_error(e)
             return
         yield item
@@ -280,7 +284,7 @@ def read_wit(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawRecor
         reader = csv.DictReader(f, delimiter="\t", quoting=WIT_QUOTING[s.get("quoting", "minimal")])
         try:
             fieldnames = reader.fieldnames
-        except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error) as e:
+        except TEXT_READ_ERRORS as e:
             read_error(unit, counts, errors, "wit_unreadable", e)
             return
         if not fieldnames or "page_url" not in fieldnames:
