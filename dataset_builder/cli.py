@@ -27,6 +27,7 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 def handle_build_dataset(args: argparse.Namespace) -> int:
     from .build import build_dataset
     from .config import ConfigError, load_config
+    from .decode import RecordError
     from .inputs import InputError
     try:
         cfg = load_config(args.config)
@@ -38,6 +39,9 @@ def handle_build_dataset(args: argparse.Namespace) -> int:
     except (ConfigError, InputError, FileNotFoundError) as e:
         print(f"suti build-dataset: error: {e}", file=sys.stderr)
         return 2
+    except RecordError as e:  # names the input file and record
+        print(f"suti build-dataset: error: {e}", file=sys.stderr)
+        return 1
     c = stats["counts"]
     summary = {"records": c.get("read", {}).get("records", 0), "samples": c.get("write", {}).get("samples", 0),
                "clusters": c.get("write", {}).get("clusters", 0), "rates": stats["rates"],

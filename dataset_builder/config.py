@@ -7,7 +7,8 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from suti.config_loading import build_dataclass, read_config_file
 
 
 class ConfigError(ValueError):
@@ -21,6 +22,10 @@ class DecodeConfig:
     max_aspect: float = 3.0           # long side / short side
     max_side: int = 1024              # larger images are downscaled (LANCZOS) before storage
     jpeg_quality: int = 95
+    max_file_bytes: int = 64 << 20    # an image (file, tar member or manifest bytes) larger than this is dropped
+    # A manifest's image_path can name any file this process can read. Set path_root to confine them to one
+    # folder (symlinks resolved); paths outside it are dropped (decode.dropped.outside_path_root).
+    path_root: str | None = None
 
 
 @dataclass
@@ -141,26 +146,11 @@ class BuilderConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        f = fields[name]
-        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub):
-            kwargs[name] = _build(sub, value, f"{where}.{name}")
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
 def config_from_dict(data: dict, where: str = "config") -> BuilderConfig:
-    cfg = _build(BuilderConfig, data, where)
+    try:
+        cfg = build_dataclass(BuilderConfig, data, "", error=ConfigError)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {str(e).lstrip(': ')}") from None
     if cfg.k < 1:
         raise ConfigError(f"{where}.k must be >= 1, got {cfg.k}")
     if cfg.min_cluster_size < cfg.k + 1:
@@ -175,6 +165,11 @@ def config_from_dict(data: dict, where: str = "config") -> BuilderConfig:
         raise ConfigError(f"{where}.backend must be local or ray, got {cfg.backend!r}")
     if not isinstance(cfg.inputs, list):
         raise ConfigError(f"{where}.inputs must be a list of input specs")
+    if not isinstance(cfg.decode.max_file_bytes, int) or cfg.decode.max_file_bytes < 1:
+        raise ConfigError(f"{where}.decode.max_file_bytes must be a positive integer, got "
+                          f"{cfg.decode.max_file_bytes!r}")
+    if cfg.decode.path_root is not None and not os.path.isdir(cfg.decode.path_root):
+        raise ConfigError(f"{where}.decode.path_root {cfg.decode.path_root!r} is not a folder")
     return cfg
 
 
@@ -182,21 +177,7 @@ def load_config(path: str | Path) -> BuilderConfig:
     """Read a YAML (.yaml/.yml) or JSON config. Relative paths in it resolve against the config file's folder
     (see resolve_paths), so a config means the same files from any working directory."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ConfigError(f"cannot parse config {path}: {e}") from e
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = read_config_file(path, "config", error=ConfigError)
     return config_from_dict(resolve_paths(data, path.resolve().parent), where=str(path))
 
 
@@ -206,9 +187,9 @@ LOCAL_DIR = "local-dir:"
 def resolve_paths(data: dict, base: Path) -> dict:
     """Makes the path-like values of a config dict absolute against `base` (in place; returns it).
 
-    Always paths: inputs[].path / paths / image_root, output_dir, embedder.model after "local-dir:", and
-    expert.kwargs.pipeline of a dreambooth expert. Hub name or path (embedder.pretrained, captions.model,
-    prompts.model): resolved only when that file or folder exists under `base`, else left as a name.
+    Always paths: inputs[].path / paths / image_root, output_dir, decode.path_root, embedder.model after
+    "local-dir:", and expert.kwargs.pipeline of a dreambooth expert. Hub name or path (embedder.pretrained,
+    captions.model, prompts.model): resolved only when that file or folder exists under `base`, else left as a name.
     """
     for spec in data.get("inputs") or []:
         if isinstance(spec, dict):
@@ -217,6 +198,8 @@ def resolve_paths(data: dict, base: Path) -> dict:
                     spec[key] = _resolve(spec[key], base)
     if data.get("output_dir") is not None:
         data["output_dir"] = _resolve(data["output_dir"], base)
+    if isinstance(data.get("decode"), dict) and data["decode"].get("path_root") is not None:
+        data["decode"]["path_root"] = _resolve(data["decode"]["path_root"], base)
     emb = data.get("embedder")
     if isinstance(emb, dict):
         model = emb.get("model")

@@ -1,16 +1,21 @@
 """Stage 1: decode and validate. Bytes in, RGB JPEG records out; every refusal is counted with a reason.
 
-Reasons: no_page_url, bad_page_url, unsupported_url_scheme, no_image, missing_file, unreadable_file, empty,
-not_an_image, too_many_pixels, truncated, corrupt, too_small, bad_aspect.
+Drop reasons (decode.dropped.*): no_page_url, bad_page_url, unsupported_url_scheme, no_image, missing_file,
+unreadable_file, not_a_regular_file, file_too_large, outside_path_root, empty, not_an_image, too_many_pixels,
+truncated, corrupt, too_small, bad_aspect.
+Repairs (decode.repaired.*): <field>_lone_surrogate: a text field (key, page URL, image URL, caption) holding
+a lone UTF-16 surrogate (truncated web alt text, a non-UTF-8 tar member name) has it replaced by U+FFFD.
 """
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from typing import Iterable
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from retrieval.images import to_rgb
 
 from .config import DecodeConfig, GroupConfig
 from .counts import Counts
@@ -24,26 +29,56 @@ class Rejected(Exception):
         self.reason = reason
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: 16-bit and float scaled (not clipped), alpha composited on white."""
-    mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
-            arr = arr / 257.0
-        elif mode == "F" and arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode in ("P", "PA"):
-        im = im.convert("RGBA" if (mode == "PA" or "transparency" in im.info) else "RGB")
-        mode = im.mode
-    if mode in ("RGBA", "LA", "La", "RGBa"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode != "RGB":
-        return im.convert("RGB")
-    return im
+class RecordError(RuntimeError):
+    """An unexpected failure on one record; the message names its input file and key."""
+
+
+def read_image_file(path: str, cfg: DecodeConfig) -> bytes:
+    """The bytes of a manifest's image file, read safely: only a regular file (a FIFO would block forever,
+    /dev/zero would never end), at most cfg.max_file_bytes, and inside cfg.path_root when that is set.
+    Raises Rejected(missing_file | unreadable_file | not_a_regular_file | file_too_large | outside_path_root)."""
+    if cfg.path_root is not None:
+        root = os.path.realpath(cfg.path_root)
+        try:
+            real = os.path.realpath(path)
+        except (OSError, ValueError):  # ValueError: a NUL byte, or a lone surrogate the file system cannot take
+            raise Rejected("unreadable_file") from None
+        if os.path.commonpath([root, real]) != root:
+            raise Rejected("outside_path_root")
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the fstat below then refuses it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise Rejected("missing_file") from None
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        raise Rejected("unreadable_file") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Rejected("not_a_regular_file")
+        if st.st_size > cfg.max_file_bytes:
+            raise Rejected("file_too_large")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(cfg.max_file_bytes + 1)  # the size can change under us: never read past the cap
+    except OSError:
+        raise Rejected("unreadable_file") from None
+    finally:
+        os.close(fd)
+    if len(data) > cfg.max_file_bytes:
+        raise Rejected("file_too_large")
+    return data
+
+
+def clean_text(value: str, field: str, counts: Counts | None) -> str:
+    """`value` with lone UTF-16 surrogates replaced by U+FFFD (they cannot be encoded, hashed or written);
+    counted as decode.repaired.<field>_lone_surrogate."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        if counts is not None:
+            counts.add(f"decode.repaired.{field}_lone_surrogate")
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
 
 
 def decode_image(data: bytes, cfg: DecodeConfig) -> tuple[Image.Image, bool]:
@@ -90,7 +125,7 @@ def decode_image(data: bytes, cfg: DecodeConfig) -> tuple[Image.Image, bool]:
         raise Rejected("too_small")
     if max(w, h) / min(w, h) > cfg.max_aspect:
         raise Rejected("bad_aspect")
-    rgb = _to_rgb(im)
+    rgb = to_rgb(im)
     resized = False
     if max(rgb.size) > cfg.max_side:
         scale = cfg.max_side / max(rgb.size)
@@ -106,11 +141,15 @@ def encode_jpeg(im: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_one(raw: RawRecord, cfg: DecodeConfig, group: GroupConfig) -> Record:
-    if not raw.page_url:
+def decode_one(raw: RawRecord, cfg: DecodeConfig, group: GroupConfig, counts: Counts | None = None) -> Record:
+    page_url = raw.page_url
+    if not page_url:
         raise Rejected("no_page_url")
+    if not isinstance(page_url, str):
+        raise Rejected("bad_page_url")
+    page_url = clean_text(page_url, "page_url", counts)
     try:
-        page_key = normalize_page_url(raw.page_url, merge_http_https=group.merge_http_https,
+        page_key = normalize_page_url(page_url, merge_http_https=group.merge_http_https,
                                       strip_www=group.strip_www)
     except URLError as e:
         raise Rejected(e.reason) from None
@@ -118,30 +157,39 @@ def decode_one(raw: RawRecord, cfg: DecodeConfig, group: GroupConfig) -> Record:
     if data is None:
         if not raw.image_path:
             raise Rejected("no_image")
-        try:
-            with open(raw.image_path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise Rejected("missing_file") from None
-        except OSError:
-            raise Rejected("unreadable_file") from None
+        data = read_image_file(raw.image_path, cfg)
+    elif len(data) > cfg.max_file_bytes:
+        raise Rejected("file_too_large")
     rgb, unchanged = decode_image(data, cfg)
     content_hash = hash64(rgb.tobytes() + f"{rgb.width}x{rgb.height}".encode())
-    return Record(key=raw.key, source=raw.source, page_url=str(raw.page_url), page_key=page_key,
-                  page_hash=hash64(page_key), image_url=str(raw.image_url or raw.image_path or ""),
-                  text=" ".join((raw.text or "").split()), image=data if unchanged else encode_jpeg(rgb, cfg.jpeg_quality),
+    text = raw.text if isinstance(raw.text, str) else ""
+    image_url = raw.image_url or raw.image_path or ""
+    return Record(key=clean_text(raw.key, "key", counts), source=clean_text(str(raw.source), "source", counts),
+                  page_url=page_url, page_key=page_key, page_hash=hash64(page_key),
+                  image_url=clean_text(str(image_url), "image_url", counts),
+                  text=" ".join(clean_text(text, "text", counts).split()),
+                  image=data if unchanged else encode_jpeg(rgb, cfg.jpeg_quality),
                   width=rgb.width, height=rgb.height, content_hash=content_hash)
 
 
 def decode_batch(raws: Iterable[RawRecord], cfg: DecodeConfig, group: GroupConfig, counts: Counts) -> list[Record]:
-    """Pure stage function: a batch of raw records -> the valid ones; drops go to counts["decode.dropped.*"]."""
+    """Pure stage function: a batch of raw records -> the valid ones; drops go to counts["decode.dropped.*"],
+    repairs to counts["decode.repaired.*"]. A failure nobody foresaw stops the build with an error that names
+    the record's file and key (never a bare traceback from deep inside)."""
     out: list[Record] = []
     for raw in raws:
         counts.add("decode.in")
         try:
-            out.append(decode_one(raw, cfg, group))
+            out.append(decode_one(raw, cfg, group, counts))
         except Rejected as r:
             counts.add(f"decode.dropped.{r.reason}")
             continue
+        except Exception as e:  # noqa: BLE001 - re-raised, naming the record
+            raise RecordError(f"{_printable(raw.source)}: record {_printable(raw.key)}: "
+                              f"{type(e).__name__}: {_printable(e)}") from e
         counts.add("decode.out")
     return out
+
+
+def _printable(value) -> str:
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")

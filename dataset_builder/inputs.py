@@ -11,16 +11,16 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import glob
 import gzip
 import importlib
 import json
 import sys
-import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
+
+from retrieval.shards import TarProblem, expand_pattern, iter_tar_samples
 
 from .counts import Counts
 from .records import RawRecord
@@ -70,18 +70,13 @@ def _expand_paths(spec: dict) -> list[str]:
     out: list[str] = []
     for item in items:
         try:
-            from braceexpand import braceexpand
-            expanded = list(braceexpand(str(item)))
-        except ImportError:
-            expanded = [str(item)]
-        for e in expanded:
-            matches = sorted(glob.glob(e)) if any(c in e for c in "*?[") else [e]
-            if not matches:
-                raise InputError(f"input pattern matched no files: {e}")
-            for m in matches:
-                if not Path(m).is_file():
-                    raise InputError(f"input file not found: {m}")
-                out.append(m)
+            matches = expand_pattern(item)
+        except FileNotFoundError as e:
+            raise InputError(f"input pattern matched no files: {item} ({e})") from None
+        for m in matches:
+            if not Path(m).is_file():
+                raise InputError(f"input file not found: {m}")
+            out.append(m)
     return out
 
 
@@ -106,20 +101,26 @@ def expand_inputs(inputs: list[dict]) -> list[InputUnit]:
     return units
 
 
-def read_unit(unit: InputUnit, counts: Counts, errors: list | None = None) -> Iterator[RawRecord]:
-    """errors: receives {"file", "unit", "reason", "error"} for each read error (also counted in `counts`)."""
+def read_unit(unit: InputUnit, counts: Counts, errors: list | None = None,
+              max_member_bytes: int | None = None) -> Iterator[RawRecord]:
+    """errors: receives {"file", "unit", "reason", "error"} for each read error (also counted in `counts`).
+    max_member_bytes: tar members over it are skipped unread (decode.max_file_bytes; other inputs are capped
+    when decoded)."""
+    errors = errors if errors is not None else []
     if unit.kind == "factory":
         fn = load_factory(unit.spec["factory"])
         yield from fn(unit.spec["unit"], **unit.spec.get("kwargs", {}))
-        return
-    yield from READERS[unit.kind](unit, counts, errors if errors is not None else [])
+    elif unit.kind == "webdataset":
+        yield from read_webdataset(unit, counts, errors, max_member_bytes)
+    else:
+        yield from READERS[unit.kind](unit, counts, errors)
 
 
-def read_error(unit: InputUnit, counts: Counts, errors: list, reason: str, exc: BaseException,
+def read_error(unit: InputUnit, counts: Counts, errors: list, reason: str, exc: BaseException | str,
                where: str = "") -> None:
     """Counts a file that could not be read (to the end): read.errors.<reason>, a line on stderr naming the file,
-    and an entry in `errors` (stats.json read_errors)."""
-    msg = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    and an entry in `errors` (stats.json read_errors). `exc` is the exception, or a message that says it all."""
+    msg = exc if isinstance(exc, str) else f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     counts.add(f"read.errors.{reason}")
     errors.append({"file": unit.path, "unit": unit.index, "reason": reason,
                    "error": f"{where}: {msg}" if where else msg})
@@ -147,47 +148,84 @@ def _guarded(lines: Iterator, on_error) -> Iterator:
 
 # --- img2dataset webdataset shards ------------------------------------------------------------------------
 
-def read_webdataset(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawRecord]:
-    """Members `{key}.jpg|png|...`, `{key}.txt`, `{key}.json` (img2dataset: url, caption, page_url)."""
-    current_key, parts = None, {}
+def read_webdataset(unit: InputUnit, counts: Counts, errors: list,
+                    max_member_bytes: int | None = None) -> Iterator[RawRecord]:
+    """Members `{key}.jpg|png|...`, `{key}.txt`, `{key}.json` (img2dataset: url, caption, page_url).
+
+    Read with retrieval.shards: every problem is counted under read.<what>.tar_<reason> (see count_tar_problem),
+    so a torn, corrupt or odd shard never loses records silently."""
+    seen: set[str] = set()
+    for sample in iter_tar_samples(unit.path, lambda p: count_tar_problem(unit, counts, errors, p, seen),
+                                   max_member_bytes):
+        yield _webdataset_record(unit, sample.key, sample.members, counts)
+
+
+# Problems that cost records or data go to stats.json read_errors (with the file); member skips are only counted.
+TAR_ERRORS = ("unreadable", "truncated", "corrupt")
+
+
+def count_tar_problem(unit: InputUnit, counts: Counts, errors: list, problem: TarProblem, seen: set) -> None:
+    """read.errors.tar_<reason> for a shard that breaks off or is damaged (listed in read_errors, named on
+    stderr); read.dropped.<reason> for a sample dropped whole (duplicate_key, or torn mid-sample, with the
+    error as well); read.skipped.<reason> for empty shards and members that belong to no sample (directories,
+    links, hidden files, names without an extension, members over decode.max_file_bytes, skipped unread): the
+    first of each reason per file is listed too."""
+    if problem.reason in TAR_ERRORS:
+        read_error(unit, counts, errors, f"tar_{problem.reason}", problem.detail)
+    elif problem.reason == "duplicate_key":
+        counts.add("read.dropped.duplicate_key")
+    else:
+        counts.add(f"read.skipped.tar_{problem.reason}")
+    if problem.drops_sample and problem.reason != "duplicate_key":
+        counts.add(f"read.dropped.tar_{problem.reason}")
+    if problem.reason not in TAR_ERRORS and problem.reason not in seen:
+        seen.add(problem.reason)
+        errors.append({"file": unit.path, "unit": unit.index, "reason": f"tar_{problem.reason}",
+                       "error": problem.detail})
+
+
+def _json_object(data: bytes, counts: Counts) -> dict:
+    """A sidecar's metadata; anything but a JSON object (a list, a string, null, bad JSON) is counted and ignored."""
     try:
-        with tarfile.open(unit.path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                if "." not in base or base.startswith("."):
-                    continue
-                key, ext = base.split(".", 1)
-                key = member.name[: len(member.name) - len(base)] + key
-                if key != current_key and current_key is not None:
-                    yield _webdataset_record(unit, current_key, parts, counts)
-                    parts = {}
-                current_key = key
-                f = tar.extractfile(member)
-                parts[ext.lower()] = f.read() if f is not None else b""
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        read_error(unit, counts, errors, "tar_unreadable", e)
-    if current_key is not None:
-        yield _webdataset_record(unit, current_key, parts, counts)
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        counts.add("read.errors.bad_json")
+        return {}
+    if not isinstance(meta, dict):
+        counts.add("read.errors.json_not_object")
+        return {}
+    return meta
+
+
+def text_field(value, counts: Counts, name: str) -> str:
+    """A text field of an input row: a string as is; None or missing -> ""; any other type (a number, a list)
+    is not text: counted as read.repaired.<name>_not_text and blanked."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    counts.add(f"read.repaired.{name}_not_text")
+    return ""
+
+
+def url_field(value, counts: Counts, name: str) -> str | None:
+    """A URL field: a string, or None; any other type is counted (read.repaired.<name>_not_text) and dropped."""
+    return text_field(value, counts, name) or None
 
 
 def _webdataset_record(unit: InputUnit, key: str, parts: dict, counts: Counts) -> RawRecord:
-    meta: dict = {}
-    if "json" in parts:
-        try:
-            meta = json.loads(parts["json"].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            counts.add("read.errors.bad_json")
+    meta = _json_object(parts["json"], counts) if "json" in parts else {}
     image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
-    text = parts["txt"].decode("utf-8", errors="replace") if "txt" in parts else (meta.get("caption") or "")
-    return RawRecord(key=f"{unit.uid}:{key}", source=unit.path, page_url=meta.get("page_url"),
-                     image_url=meta.get("url"), text=text or "", image_bytes=image)
+    if "txt" in parts:
+        text = parts["txt"].decode("utf-8", errors="replace")
+    else:
+        text = text_field(meta.get("caption"), counts, "caption")
+    return RawRecord(key=f"{unit.uid}:{key}", source=unit.path, page_url=url_field(meta.get("page_url"), counts,
+                     "page_url"), image_url=url_field(meta.get("url"), counts, "image_url"), text=text,
+                     image_bytes=image)
 
 
 # --- parquet / jsonl manifests -----------------------------------------------------------------------------
 
-def _manifest_record(unit: InputUnit, row: dict, n: int) -> RawRecord:
+def _manifest_record(unit: InputUnit, row: dict, n: int, counts: Counts) -> RawRecord:
     s = unit.spec
     image_bytes = row.get(s.get("image_bytes_col", "image_bytes"))
     image_path = row.get(s.get("image_path_col", "image_path"))
@@ -199,18 +237,27 @@ def _manifest_record(unit: InputUnit, row: dict, n: int) -> RawRecord:
             image_bytes = base64.b64decode(image_bytes, validate=True)
         except (binascii.Error, ValueError):
             image_bytes = b""
+    elif image_bytes is not None and not isinstance(image_bytes, (bytes, bytearray)):
+        counts.add("read.repaired.image_bytes_not_bytes")
+        image_bytes = b""
+    image_path = text_field(image_path, counts, "image_path")
     if image_path and not image_bytes:
-        p = Path(str(image_path))
-        if not p.is_absolute():
-            p = Path(s.get("image_root") or Path(unit.path).parent) / p
-        image_path = str(p)
+        image_path = resolve_image_path(image_path, s.get("image_root") or Path(unit.path).parent)
     key_col = s.get("key_col")
     key = str(row.get(key_col)) if key_col and row.get(key_col) is not None else f"{n:09d}"
-    text = row.get(s.get("text_col", "text"))
-    return RawRecord(key=f"{unit.uid}:{key}", source=unit.path, page_url=row.get(s.get("page_url_col", "page_url")),
-                     image_url=row.get(s.get("image_url_col", "image_url")) or image_path,
-                     text="" if text is None else str(text), image_bytes=image_bytes or None,
-                     image_path=None if image_bytes else image_path)
+    return RawRecord(key=f"{unit.uid}:{key}", source=unit.path,
+                     page_url=url_field(row.get(s.get("page_url_col", "page_url")), counts, "page_url"),
+                     image_url=url_field(row.get(s.get("image_url_col", "image_url")), counts, "image_url")
+                     or image_path or None,
+                     text=text_field(row.get(s.get("text_col", "text")), counts, "text"),
+                     image_bytes=bytes(image_bytes) if image_bytes else None,
+                     image_path=None if image_bytes else (image_path or None))
+
+
+def resolve_image_path(path: str, root) -> str:
+    """A manifest's image path: relative paths resolve against the input's image_root (default: its folder)."""
+    p = Path(path)
+    return str(p if p.is_absolute() else Path(root) / p)
 
 
 def read_parquet(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawRecord]:
@@ -238,7 +285,7 @@ def read_parquet(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawR
                 counts.add("read.errors.parquet_rows_unread", n_rows - done)
                 break
             for row in rows:
-                yield _manifest_record(unit, row, first + done)
+                yield _manifest_record(unit, row, first + done, counts)
                 done += 1
         first += n_rows
 
@@ -259,7 +306,10 @@ def read_jsonl(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawRec
             except json.JSONDecodeError:
                 counts.add("read.errors.bad_json_line")
                 continue
-            yield _manifest_record(unit, row if isinstance(row, dict) else {}, n)
+            if not isinstance(row, dict):
+                counts.add("read.errors.json_not_object")
+                row = {}
+            yield _manifest_record(unit, row, n, counts)
 
 
 # --- WIT TSV -------------------------------------------------------------------------------------------------
@@ -302,8 +352,7 @@ def read_wit(unit: InputUnit, counts: Counts, errors: list) -> Iterator[RawRecor
                     image_bytes = b""
             path = row.get(s.get("image_path_col", "image_path"))
             if path and not image_bytes:
-                p = Path(path)
-                path = str(p if p.is_absolute() else Path(s.get("image_root") or Path(unit.path).parent) / p)
+                path = resolve_image_path(path, s.get("image_root") or Path(unit.path).parent)
             yield RawRecord(key=f"{unit.uid}:{n:09d}", source=unit.path, page_url=row.get("page_url"),
                             image_url=row.get("image_url"), text=text, image_bytes=image_bytes or None,
                             image_path=None if image_bytes else (path or None))

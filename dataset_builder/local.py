@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from retrieval.atomic import atomic_write_bytes, atomic_write_json
 from tqdm import tqdm
 
 from . import phases
@@ -24,7 +25,7 @@ from .grouping import oversized_pages
 from .inputs import expand_inputs
 from .records import Record
 from .report import build_stats, contact_sheet_html
-from .spill import atomic_write_bytes, atomic_write_json, hash_range, read_run_pages, read_run_partition
+from .spill import hash_range, read_run_pages, read_run_partition
 
 OUTPUT_FILES = ("manifest.json", "stats.json", "contact_sheet.html", "timings.json")
 

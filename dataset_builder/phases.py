@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from retrieval.atomic import atomic_write_bytes, atomic_write_json
 
 from .captions import caption_clusters, fill_missing_captions
 from .coherence import coherence_filter
@@ -38,8 +39,8 @@ from .prompts import cluster_subject, prompts_for
 from .records import Cluster, Member, Record, hash64
 from .report import thumbnail_uri
 from .samples import build_samples, choose_exemplars
-from .spill import (atomic_save_npy, atomic_write_bytes, atomic_write_json, encode_frame, hash_range, iter_frames,
-                    list_runs, load_npy, read_run_hashes, write_run)
+from .spill import (atomic_save_npy, encode_frame, hash_range, iter_frames, list_runs, load_npy, read_run_hashes,
+                    write_run)
 from .writer import write_icl_shard
 
 DECODE_BATCH = 256
@@ -111,7 +112,7 @@ def ingest_unit(unit: InputUnit, cfg: BuilderConfig, work: Path) -> dict:
 
     t_read = time.perf_counter()
     errors: list = []
-    for raw in read_unit(unit, counts, errors):
+    for raw in read_unit(unit, counts, errors, cfg.decode.max_file_bytes):
         counts.add("read.records")
         raws.append(raw)
         if len(raws) >= DECODE_BATCH:

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from retrieval.atomic import atomic_write_json
 
 from . import phases
 from .components import components_for
@@ -26,7 +27,7 @@ from .grouping import boilerplate_hashes
 from .inputs import InputUnit, expand_inputs, read_unit
 from .local import finished_stats, plan_partitions, prepare_output, run_tail
 from .records import RawRecord, Record, partition_of
-from .spill import atomic_save_npy, atomic_write_json, hash_range
+from .spill import atomic_save_npy, hash_range
 
 RECORD_FIELDS = ("key", "source", "page_url", "page_key", "page_hash", "image_url", "text", "image", "width",
                  "height", "content_hash")
@@ -83,7 +84,7 @@ def build_ray(cfg: BuilderConfig, overwrite: bool = False, ray_init: dict | None
         unit = InputUnit(**json.loads(row["unit"]))
         counts, errors = Counts(), []
         rows = []
-        for raw in read_unit(unit, counts, errors):
+        for raw in read_unit(unit, counts, errors, cfg.decode.max_file_bytes):
             counts.add("read.records")
             rows.append({"raw": json.dumps({k: v for k, v in raw.__dict__.items() if k != "image_bytes"}),
                          "image_bytes": raw.image_bytes if raw.image_bytes is not None else b"",

@@ -1,7 +1,7 @@
 """On-disk spill files: frames of (JSON metadata, blob), plus the sorted run files of the ingest phase.
 
 A frame is <u32 meta length><u32 blob length><meta JSON UTF-8><blob>. No pickle: metadata is JSON, arrays .npy.
-Every file is written to a temporary name and os.replace'd, so a killed run never leaves a half file in place.
+Every file is written through retrieval.atomic, so a killed run never leaves a half file in place.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from retrieval.atomic import atomic_path, atomic_write_bytes
 
 from .records import Record
 
@@ -38,27 +39,9 @@ def iter_frames(data: bytes, path: str = "<bytes>") -> Iterator[tuple[dict, byte
         pos += blen
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode())
-
-
 def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, arr, allow_pickle=False)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, arr, allow_pickle=False)
 
 
 def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Iterator
+
+from retrieval.atomic import atomic_path
+from retrieval.shards import iter_tar_samples
 
 from .records import ICLSample
 
@@ -29,40 +31,29 @@ def sample_members(s: ICLSample) -> list[tuple[str, bytes]]:
 
 
 def write_icl_shard(samples: list[ICLSample], path: str | Path) -> int:
-    """Atomic (tmp + os.replace). Same samples in -> same bytes out (fixed mtime/owner, GNU tar format)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    """Atomic (retrieval.atomic). Same samples in -> same bytes out (fixed mtime/owner, GNU tar format)."""
+    with atomic_path(path) as tmp:
+        with tarfile.open(tmp, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for s in samples:
                 for name, data in sample_members(s):
                     _add(tar, name, data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path.stat().st_size
+    return Path(path).stat().st_size
 
 
 def read_icl_shard(path: str | Path) -> Iterator[dict]:
-    """Yields {"__key__", "json": dict, "target.jpg": bytes, "target.txt": str, "ex0.jpg": ..., ...}."""
-    current, sample = None, {}
-    with tarfile.open(path, "r") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, field = m.name.split(".", 1)
-            if key != current and current is not None:
-                yield sample
-                sample = {}
-            current = key
-            sample["__key__"] = key
-            data = tar.extractfile(m).read()
+    """Yields {"__key__", "json": dict, "target.jpg": bytes, "target.txt": str, "ex0.jpg": ..., ...}.
+    Raises ValueError naming the shard at the first problem the tar reader reports (a shard this module
+    wrote has none)."""
+    def fail(problem):
+        raise ValueError(f"ICL shard {problem}")
+
+    for sample in iter_tar_samples(path, fail):
+        out = {"__key__": sample.key}
+        for field, data in sample.members.items():
             if field == "json":
-                sample[field] = json.loads(data)
+                out[field] = json.loads(data)
             elif field.endswith(".txt"):
-                sample[field] = data.decode("utf-8")
+                out[field] = data.decode("utf-8")
             else:
-                sample[field] = data
-    if current is not None:
-        yield sample
+                out[field] = data
+        yield out

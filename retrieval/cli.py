@@ -1,4 +1,4 @@
-"""Command line for the pairs database: `suti index build` and `suti index search`.
+"""Command line for the pairs database: `suti index build`, `suti index search` and `suti index repair`.
 
 The `suti` entry point calls `add_subparsers(subparsers)`; each sub-command sets
 `func` to a handler taking the parsed args and returning an exit code. The module
@@ -12,11 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+from .atomic import atomic_write_json
 from .errors import RetrievalError
 
 
 def add_subparsers(subparsers) -> argparse.ArgumentParser:
-    """Register the `index` command (with `build` and `search`) on an argparse subparsers object."""
+    """Register the `index` command (build, search, repair) on an argparse subparsers object."""
     index = subparsers.add_parser("index", help="build and search a CLIP + FAISS database of image-caption pairs")
     commands = index.add_subparsers(dest="index_command", required=True)
 
@@ -51,6 +52,12 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     _model_args(search, required=False)
     search.add_argument("--json", action="store_true", help="print results as JSON lines")
     search.set_defaults(func=run_search)
+
+    repair = commands.add_parser("repair", help="check a database and rebuild its index from the stored "
+                                                "embeddings when the index file is missing or damaged")
+    repair.add_argument("db", help="database folder")
+    repair.add_argument("--quiet", action="store_true", help="no progress bars")
+    repair.set_defaults(func=run_repair)
     return index
 
 
@@ -113,11 +120,8 @@ def run_build(args) -> int:
                  f"{info['tuned_latency_ms']:.3f} ms/query ({at})")
     print(f"{db}; search params {info.get('search_params', {})}{tuned}")
     if args.report:
-        out = Path(args.report)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(dict(report.to_dict(), records=len(db), index_key=info.get("key"),
-                                        index=info), indent=2))
-        tmp.replace(out)
+        atomic_write_json(args.report, dict(report.to_dict(), records=len(db), index_key=info.get("key"),
+                                            index=info))
     return 0
 
 
@@ -144,6 +148,26 @@ def run_search(args) -> int:
         else:
             where = rec["path"] if rec["kind"] == "file" else f"{rec['path']}:{rec['member']}"
             print(f"{rank:3d}  {rec['score']:.4f}  {rec['key']}  {rec['caption'][:60]!r}  {where}")
+    return 0
+
+
+def run_repair(args) -> int:
+    from .database import PairsDatabase
+    from .errors import CorruptIndexError
+
+    try:
+        try:
+            db = PairsDatabase.open(args.db, allow_different_embedder=True)
+            print(f"{db}: index is sound, nothing to repair")
+            return 0
+        except CorruptIndexError as exc:
+            print(f"damaged index: {exc}", file=sys.stderr)
+        db = PairsDatabase.open(args.db, repair=True, allow_different_embedder=True)
+    except (RetrievalError, FileNotFoundError, ValueError) as exc:
+        # A damaged part (vectors or metadata) cannot be rebuilt from the database itself.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{db}: index rebuilt from the stored embeddings")
     return 0
 
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from .atomic import atomic_write_text
 from .errors import (CorruptDatabaseError, DimensionMismatchError, EmbedderMismatchError, EmptyIndexError,
                      ImageReadError)
 from .images import open_image
@@ -44,12 +45,6 @@ __all__ = ["PairsDatabase", "BuildReport", "DB_FILE", "INDEX_FILE", "PARTS_DIR",
 DB_FILE = "database.json"
 FORMAT = "retrieval.PairsDatabase"
 FORMAT_VERSION = 1
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _stored_label(state: dict) -> str:
@@ -246,12 +241,17 @@ class PairsDatabase(IngestMixin, IndexUpkeepMixin):
         return self.search_vector(query, k)
 
     def search_text(self, text: str, k: int = 10) -> list[dict]:
-        """Records whose images best match a text, best first (each with a `score`)."""
+        """Records whose images best match a text, best first (each with a `score`). An empty or blank text
+        raises ValueError: it embeds to the model's "no text" vector and would return arbitrary records."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"query text must be a non-empty string, got {text!r}")
+        _check_k(k)
         self._check_not_empty()
         return self.search_vectors(self.embedder.embed_texts([text], progress=False), k)[0]
 
     def search_image(self, image, k: int = 10) -> list[dict]:
         """Records whose images best match an image (PIL, path or bytes), best first."""
+        _check_k(k)
         self._check_not_empty()
         return self.search_vectors(self.embedder.embed_images([image], progress=False), k)[0]
 
@@ -263,7 +263,8 @@ class PairsDatabase(IngestMixin, IndexUpkeepMixin):
         return self.search_vectors(vector.reshape(1, -1) if vector.ndim == 1 else vector, k)[0]
 
     def search_vectors(self, vectors, k: int = 10) -> list[list[dict]]:
-        """One result list per query vector."""
+        """One result list per query vector (at most `k` each, fewer when the database is smaller)."""
+        _check_k(k)
         self._check_not_empty()
         queries = as_matrix(vectors, self.dim, "query vectors", normalize=True)
         scores, ids = self.index.search(queries, min(k, len(self)))
@@ -333,10 +334,17 @@ class PairsDatabase(IngestMixin, IndexUpkeepMixin):
 
     def _metadata(self) -> pa.Table:
         if self._table is None:
-            tables = [pq.read_table(self.folder / PARTS_DIR / f"{p['name']}.parquet", schema=SCHEMA)
-                      for p in self._state["parts"]]
+            tables = [self._read_part_table(p) for p in self._state["parts"]]
             self._table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         return self._table
+
+    def _read_part_table(self, part: dict) -> pa.Table:
+        path = self.folder / PARTS_DIR / f"{part['name']}.parquet"
+        try:
+            return pq.read_table(path, schema=SCHEMA)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise CorruptDatabaseError(f"{path} is unreadable (damaged parquet: {exc}); the part must be "
+                                       "re-ingested") from exc
 
     def _part_vectors(self, part: dict) -> np.ndarray:
         return np.load(self.folder / PARTS_DIR / f"{part['name']}.npy", mmap_mode="r", allow_pickle=False)
@@ -350,7 +358,7 @@ class PairsDatabase(IngestMixin, IndexUpkeepMixin):
         raise CorruptDatabaseError(f"no part holds id {id_} in {self.folder}")
 
     def _write_state(self) -> None:
-        _atomic_write_text(self.folder / DB_FILE, json.dumps(self._state, indent=1))
+        atomic_write_text(self.folder / DB_FILE, json.dumps(self._state, indent=1))
 
     def _check_parts(self) -> None:
         expected = 0
@@ -368,6 +376,14 @@ class PairsDatabase(IngestMixin, IndexUpkeepMixin):
             if shape != (part["count"], self.dim):
                 raise CorruptDatabaseError(f"{self.folder}: {part['name']}.npy has shape {shape}, database.json "
                                            f"records ({part['count']}, {self.dim})")
+            table_path = self.folder / PARTS_DIR / f"{part['name']}.parquet"
+            try:
+                rows = pq.ParquetFile(table_path).metadata.num_rows  # the footer only: cheap
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise CorruptDatabaseError(f"{table_path} is unreadable (truncated or damaged parquet: {exc}); "
+                                           "the part must be re-ingested") from exc
+            if rows != part["count"]:
+                raise CorruptDatabaseError(f"{table_path} has {rows} rows, database.json records {part['count']}")
             expected += part["count"]
         if expected != self._state["count"]:
             raise CorruptDatabaseError(f"{self.folder}: parts hold {expected} rows, database.json says "
@@ -376,6 +392,12 @@ class PairsDatabase(IngestMixin, IndexUpkeepMixin):
     def __repr__(self) -> str:
         key = self.index.key if self.index is not None else None
         return f"PairsDatabase({str(self.folder)!r}, records={len(self)}, dim={self.dim}, index={key!r})"
+
+
+def _check_k(k) -> None:
+    """k must be a whole number >= 1: 2.5 or "3" is a caller's mistake, not something to round silently."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
 
 
 def _identity(embedder) -> dict:

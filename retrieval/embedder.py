@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .errors import DimensionMismatchError, ImageReadError, InvalidVectorError
+from .atomic import atomic_path, atomic_write_json
+from .errors import DimensionMismatchError, ImageReadError, InvalidVectorError, ModelLoadError
 from .images import open_image
 from .vectors import as_matrix
 from .weights import WEIGHT_SUFFIXES, find_weights, load_weights, weights_loaded_separately, weights_sha256
@@ -163,13 +164,10 @@ class Embedder:
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_name, pretrained=None if weights_file is not None or name.startswith("hf-hub:")
                     else pretrained, device="cpu", cache_dir=cache_dir, **create_kwargs)
-        except (FileNotFoundError, ValueError):
-            raise
-        except Exception as exc:
-            raise RuntimeError(
-                f"could not load open_clip model {name!r} (pretrained={pretrained!r}): {exc}. "
-                "Offline? Save the model once with Embedder.save_pretrained(folder) and load it "
-                "with 'local-dir:folder'.") from exc
+        except Exception as exc:  # noqa: BLE001 - one clear error instead of open_clip's chain of tracebacks
+            if isinstance(exc, (FileNotFoundError, ValueError)) and weights_file is not None:
+                raise
+            raise ModelLoadError(_load_failure(name, pretrained, exc)) from None
         if weights_file is not None:
             load_weights(model, weights_file, name)
         if model_cfg is None:  # hf-hub: the config came with the download
@@ -220,17 +218,14 @@ class Embedder:
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu", torch.float32).contiguous().clone()
                  for k, v in self.model.state_dict().items()}
-        tmp_weights = folder / f".{WEIGHTS_FILE}.tmp"
-        save_file(state, str(tmp_weights), metadata={"format": "pt"})
-        os.chmod(tmp_weights, 0o644)  # safetensors creates the file owner-only; models are shared
-        os.replace(tmp_weights, folder / WEIGHTS_FILE)
+        with atomic_path(folder / WEIGHTS_FILE) as tmp_weights:
+            save_file(state, str(tmp_weights), metadata={"format": "pt"})
+            os.chmod(tmp_weights, 0o644)  # safetensors creates the file owner-only; models are shared
         hf_tok = getattr(self.tokenizer, "tokenizer", None)
         if hf_tok is not None and hasattr(hf_tok, "save_pretrained"):
             hf_tok.save_pretrained(str(folder))  # open_clip reads HF tokenizers from the local dir
         config = {"model_cfg": self.model_cfg, "preprocess_cfg": _jsonable(self.preprocess_cfg)}
-        tmp_cfg = folder / f".{CONFIG_FILE}.tmp"
-        tmp_cfg.write_text(json.dumps(config, indent=2))
-        os.replace(tmp_cfg, folder / CONFIG_FILE)
+        atomic_write_json(folder / CONFIG_FILE, config)
         return folder
 
     # --------------------------------------------------------------- properties
@@ -377,6 +372,29 @@ class Embedder:
 
     def __repr__(self) -> str:
         return f"Embedder(name={self.name!r}, dim={self.dim}, device={self._device}, dtype={self._dtype})"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _load_failure(name: str, pretrained, exc: BaseException) -> str:
+    """One message for a model that open_clip could not create: what failed, its root cause in one line,
+    and how to load the same model offline."""
+    cause = _root_cause(exc)
+    text = " ".join(str(cause).split())
+    text = f"{type(cause).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+    download = any(w in " ".join(str(e) for e in (exc, cause)).lower()
+                   for w in ("download", "connection", "internet", "hub", "resolve"))
+    what = (f"its weights for pretrained tag {pretrained!r} are not on this machine and could not be downloaded"
+            if download and pretrained else "open_clip could not create it")
+    return (f"cannot load open_clip model {name!r} (pretrained={pretrained!r}): {what} ({text}). "
+            "To work offline, point at local weights: Embedder.from_pretrained('local-dir:FOLDER') for a folder "
+            "holding open_clip_config.json + open_clip_model.safetensors (written by Embedder.save_pretrained "
+            "where the model was downloaded), or pretrained='/path/to/weights.safetensors' (.bin/.pt) for this "
+            "architecture; on the command line: --model local-dir:FOLDER, or --pretrained /path/to/weights.")
 
 
 def _read_local_dir(folder: Path) -> tuple[dict, dict, Path]:

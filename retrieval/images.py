@@ -26,36 +26,46 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 _BACKGROUND = (255, 255, 255)
 
 
-def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
-    """Scale 16/32-bit integer or float single-channel images to 8-bit L."""
-    arr = np.asarray(image, dtype=np.float64)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _white_level(image: Image.Image, lo: float, hi: float) -> float:
+    """The value that means white in a high-bit-depth single-channel image: a fixed convention by mode and
+    range, never the image's own maximum, so a flat or dark image keeps its brightness (flat float 0.5 -> 128)."""
     if image.mode.startswith("I;16"):
-        top = 65535.0
-    else:
-        finite = arr[np.isfinite(arr)]
-        lo = float(finite.min()) if finite.size else 0.0
-        hi = float(finite.max()) if finite.size else 0.0
-        if lo >= 0.0 and hi <= 255.0 and image.mode != "F":
-            top = 255.0
-        elif lo >= 0.0 and hi <= 65535.0 and image.mode != "F":
-            top = 65535.0  # 16-bit PNGs often decode as mode "I"
-        else:
-            # Float or unusual ranges: stretch min..max to 0..255.
-            arr = arr - lo
-            top = max(hi - lo, 1e-12)
-    arr = np.nan_to_num(arr, nan=0.0, posinf=top, neginf=0.0)
-    arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr, mode="L")
+        return 65535.0
+    if image.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        return 1.0  # float images in [0, 1]
+    for level in (255.0, 65535.0):  # 8- or 16-bit data stored in a 32-bit mode ("I" is how 16-bit PNGs decode)
+        if hi <= level:
+            return level
+    return hi  # wider data: its own range
+
+
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float single-channel images -> 8-bit L (values below black and NaN are black)."""
+    arr = np.asarray(image, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if image.mode == "F" and -1.0 <= lo < 0.0 and hi <= 1.0:
+        arr = (arr + 1.0) / 2.0  # float data in [-1, 1], the convention of normalised image tensors
+        lo, hi = (lo + 1.0) / 2.0, (hi + 1.0) / 2.0
+    white = _white_level(image, lo, hi)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=white, neginf=0.0)
+    return Image.fromarray(np.clip(arr / white * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Return an 8-bit RGB copy of `image`, upright per its EXIF tag.
+    """Return an 8-bit RGB copy of `image`, upright per its EXIF tag. The one implementation every package uses.
 
-    Transparent pixels are composited on white (not black: black backgrounds
-    change CLIP embeddings of product photos and logos noticeably).
+    Transparent pixels (RGBA, LA, PA, P with a transparency entry) are composited on white, not black (black
+    backgrounds change CLIP embeddings of product photos and logos noticeably). 16-bit, 32-bit and float
+    greyscale is scaled by a fixed white level (see _white_level), not clipped. CMYK, YCbCr, L, 1 convert as
+    PIL does.
     """
     try:
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(0x0112, 1) not in (None, 1):
+            image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not lose an otherwise fine image
         pass
     mode = image.mode
@@ -64,9 +74,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode.startswith("I") or mode == "F":
         return _high_bit_depth_to_l(image).convert("RGB")
     if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")

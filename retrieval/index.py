@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from .atomic import atomic_path, atomic_write_json
 from .errors import CorruptIndexError, DimensionMismatchError, EmptyIndexError
 from .exact import drop_self, exact_knn, recall_at_k
 from .index_plan import HNSW_EF_CONSTRUCTION, IndexPlan, family_of, plan_index
@@ -347,20 +348,18 @@ class Index:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the faiss file at `path` and its JSON sidecar at `path.json` (atomically)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self._index, str(tmp))
-        meta = {
-            "format": FORMAT, "version": FORMAT_VERSION, "key": self.key, "family": self.family,
-            "dim": self.dim, "ntotal": self.ntotal, "metric": "inner_product",
-            "search_params": self.search_params, "file_bytes": tmp.stat().st_size, "sha256": _sha256(tmp),
-            "plan": self.plan.to_dict() if self.plan else None,
-            "tuning": self.tuning.to_dict() if self.tuning else None,
-        }
-        side_tmp = Path(str(tmp) + SIDECAR_SUFFIX)
-        side_tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, path)
-        os.replace(side_tmp, Path(str(path) + SIDECAR_SUFFIX))
+        with atomic_path(path) as tmp:
+            faiss.write_index(self._index, str(tmp))
+            meta = {
+                "format": FORMAT, "version": FORMAT_VERSION, "key": self.key, "family": self.family,
+                "dim": self.dim, "ntotal": self.ntotal, "metric": "inner_product",
+                "search_params": self.search_params, "file_bytes": tmp.stat().st_size, "sha256": _sha256(tmp),
+                "plan": self.plan.to_dict() if self.plan else None,
+                "tuning": self.tuning.to_dict() if self.tuning else None,
+            }
+        # The sidecar goes second: a crash between the two leaves a sidecar whose size/sha256 no longer match,
+        # which load() reports as a corrupt index (and repair rebuilds).
+        atomic_write_json(Path(str(path) + SIDECAR_SUFFIX), meta)
         self._path = path
         return path
 

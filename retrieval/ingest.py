@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .atomic import atomic_path
 from .errors import DimensionMismatchError
 from .sources import (PairSample, ShardOpenError, ShardReader, expand_shards, folder_sample,
                       list_folder_images)
@@ -270,12 +270,10 @@ class IngestMixin:
         parts_dir = self.folder / PARTS_DIR
         parts_dir.mkdir(parents=True, exist_ok=True)
         table = _rows_table(samples, start)
-        npy_tmp, pq_tmp = parts_dir / f".{name}.npy.tmp", parts_dir / f".{name}.parquet.tmp"
-        with open(npy_tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-        pq.write_table(table, pq_tmp)
-        os.replace(npy_tmp, parts_dir / f"{name}.npy")
-        os.replace(pq_tmp, parts_dir / f"{name}.parquet")
+        with atomic_path(parts_dir / f"{name}.npy", suffix=".npy") as tmp:
+            np.save(tmp, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+        with atomic_path(parts_dir / f"{name}.parquet") as tmp:
+            pq.write_table(table, tmp)
         self._state["parts"].append({
             "name": name, "source": source, "start": start, "count": len(samples),
             "embedder_sha256": embedder_sha256,

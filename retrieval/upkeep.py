@@ -116,7 +116,8 @@ class IndexUpkeepMixin:
         if self._state.get("index") is None or not path.is_file():
             if len(self):
                 if self._state.get("index") is not None and not repair:
-                    raise CorruptIndexError(f"index file {path} is missing; reopen with repair=True to rebuild it")
+                    raise CorruptIndexError(f"index file {path} is missing; reopen with repair=True (or run "
+                                            f"`suti index repair {self.folder}`) to rebuild it")
                 self._sync_index(None, force_rebuild=True)
             return
         try:
@@ -124,8 +125,9 @@ class IndexUpkeepMixin:
             self.index = Index.load(path, mmap=mmap, require_sidecar=True)
         except CorruptIndexError as exc:
             if not repair:
-                raise CorruptIndexError(f"{exc}. Reopen with PairsDatabase.open(..., repair=True) to rebuild "
-                                        "the index from the stored embeddings") from exc
+                raise CorruptIndexError(f"{exc}. Reopen with PairsDatabase.open(..., repair=True) or run "
+                                        f"`suti index repair {self.folder}` to rebuild the index from the stored "
+                                        "embeddings") from exc
             self._sync_index(None, force_rebuild=True)
             return
         if self.index.dim != self.dim:

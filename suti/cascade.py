@@ -54,11 +54,12 @@ class Stage(nn.Module):
     # -- training ------------------------------------------------------------------------------
     def training_loss(self, x0: torch.Tensor, text_emb: torch.Tensor, text_mask: torch.Tensor, *,
                       lowres: torch.Tensor | None = None, exemplars: Exemplars | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, drop_conditions: bool = True) -> torch.Tensor:
         """Diffusion loss on clean images ``x0`` (B,C,H,W) in [-1,1].
 
         SR stages derive ``lowres`` from x0 unless given, and noise-augment it at a random level.
-        Text (with context) is dropped for ``text_drop_prob`` of rows, context alone for ``context_drop_prob``.
+        Conditions are dropped as ``suti.diffusion.drop_masks`` says: text alone, context alone, or both, so that
+        every branch that guidance compares against is trained. ``drop_conditions=False`` keeps them all.
         """
         cfg = self.config.diffusion
         b, dev = x0.shape[0], x0.device
@@ -66,7 +67,10 @@ class Stage(nn.Module):
         noise = torch.randn(x0.shape, device=dev, generator=generator, dtype=x0.dtype)
         logsnr = D.cosine_logsnr(t, cfg.logsnr_min, cfg.logsnr_max)
         x_t = D.q_sample(x0, logsnr, noise)
-        keep_text, keep_context = D.drop_masks(b, cfg, dev, generator)
+        has_context = exemplars is not None and self.uses_context
+        keep_text, keep_context = D.drop_masks(b, cfg, dev, generator, has_context=has_context)
+        if not drop_conditions:  # per-subject fine-tuning (DreamBooth, Textual Inversion) keeps every prompt
+            keep_text, keep_context = torch.ones_like(keep_text), torch.ones_like(keep_context)
         text_mask = text_mask.bool() & keep_text[:, None]
         aug_level, lowres_in = None, None
         if self.config.unet.lowres_cond:
@@ -75,7 +79,7 @@ class Stage(nn.Module):
             aug_noise = torch.randn(lowres.shape, device=dev, generator=generator, dtype=lowres.dtype)
             lowres_in = D.noise_augment(lowres, aug_level, cfg, aug_noise)
         context = None
-        if exemplars is not None and self.uses_context:
+        if has_context:
             feats = ExemplarContext(self.unet, exemplars, t=cfg.exemplar_t, lowres=self._exemplar_lowres(exemplars),
                                     batch=b).features()
             context = drop_context(feats, keep_context)
@@ -91,9 +95,10 @@ class Stage(nn.Module):
                exemplars: Exemplars | None = None, guidance: Guidance | None = None, steps: int = 50,
                sampler: str = "ddim", eta: float = 0.0, threshold: str = "dynamic",
                generator: torch.Generator | None = None, cache_context: bool = True, noise: torch.Tensor | None = None,
-               aug_level: float | None = None, progress=None) -> torch.Tensor:
+               aug_level: float | None = None, progress=None, callback=None) -> torch.Tensor:
         """Sample images (B,C,H,W) in [-1,1] for B text embeddings (and exemplars, for SuTI stages).
-        ``aug_level`` overrides the config's fixed noise-conditioning level of an SR stage."""
+        ``aug_level`` overrides the config's fixed noise-conditioning level of an SR stage.
+        ``callback(step, x, x0)`` is called after every sampler step."""
         cfg = self.config.diffusion
         guidance = guidance or Guidance()
         b, dev = text_emb.shape[0], text_emb.device
@@ -138,8 +143,10 @@ class Stage(nn.Module):
             return list(x0.chunk(n))
 
         denoise = guided_denoiser(branches, guidance, has_context=ctx is not None)
+        t_start = D.cosine_t_from_logsnr(cfg.sampling_logsnr_min, cfg.logsnr_min, cfg.logsnr_max)
         return get_sampler(sampler)(denoise, x_T, steps, eta=eta, threshold=threshold, generator=generator,
-                                    logsnr_min=cfg.logsnr_min, logsnr_max=cfg.logsnr_max, progress=progress)
+                                    logsnr_min=cfg.logsnr_min, logsnr_max=cfg.logsnr_max, progress=progress,
+                                    t_start=t_start, callback=callback)
 
 
 def check_stage_chain(configs: list[StageConfig]) -> None:
@@ -187,10 +194,11 @@ class Cascade(nn.Module):
     def sample(self, text_emb, text_mask, *, exemplars: Exemplars | None = None, start_at=None, stop_at=None,
                start_images: torch.Tensor | None = None, guidance: Guidance | dict | None = None, steps=50,
                sampler="ddim", eta=0.0, threshold="dynamic", generator=None, cache_context=True,
-               aug_level=None, return_all=False, progress=None):
+               aug_level=None, return_all=False, progress=None, callback=None):
         """Run stages ``start_at`` .. ``stop_at`` (names or indices, inclusive). ``start_images`` feeds a
         start stage other than the base. ``guidance``, ``steps`` and ``aug_level`` may be dicts keyed by
-        stage name (a stage missing from the dict gets the dict's first value)."""
+        stage name (a stage missing from the dict gets the dict's first value). ``callback(stage_name, step,
+        steps)`` is called after every sampler step of every stage (progress bars, cancellation)."""
         i0, i1 = self._index(start_at, 0), self._index(stop_at, len(self.stages) - 1)
         if i0 > i1:
             raise ValueError(f"start_at={start_at!r} comes after stop_at={stop_at!r}")
@@ -203,9 +211,14 @@ class Cascade(nn.Module):
                 text_emb, text_mask, lowres=images, exemplars=exemplars if stage.uses_context else None,
                 guidance=pick(guidance), steps=pick(steps), sampler=sampler, eta=eta, threshold=threshold,
                 generator=generator, cache_context=cache_context, aug_level=pick(aug_level),
-                progress=f"{stage.name}" if progress else None)
+                progress=f"{stage.name}" if progress else None,
+                callback=None if callback is None else self._stage_callback(callback, stage.name, pick(steps)))
             outputs[stage.name] = images
         return outputs if return_all else images
+
+    @staticmethod
+    def _stage_callback(callback, name: str, steps: int):
+        return lambda step, x, x0: callback(name, step, steps)
 
 
 def convert_to_context_stage(stage: Stage, context_levels: tuple | None = None, middle: bool = True) -> tuple[Stage, dict]:

@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
+import os
 import sys
 from pathlib import Path
+
+MIN_EXEMPLAR_SIDE = 8  # px: a smaller image shows no recognisable subject
 
 
 def _pipe(args):
@@ -23,13 +27,13 @@ def _pipe(args):
 
 
 def _save_grid(images, out, cols=None):
+    from retrieval.atomic import atomic_path
+
     from .images import make_grid
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    make_grid(images, cols=cols).save(tmp, format="PNG")
-    tmp.replace(out)  # a killed run never leaves a half-written grid
+    with atomic_path(out) as tmp:  # a killed run never leaves a half-written grid
+        make_grid(images, cols=cols).save(tmp, format="PNG")
     print(f"wrote {out} ({len(images)} images)")
 
 
@@ -39,26 +43,106 @@ def _sampling_kwargs(args) -> dict:
                 stop_at=args.stop_at, progress=True)
 
 
+def _check_sampling_args(args) -> None:
+    """Arguments every sampling command shares, checked before a model is loaded."""
+    from .checkpoint import read_cascade_config
+
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty")
+    for name in ("num_images", "steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("guidance", "eta"):
+        v = getattr(args, name)
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"--{name} must be a finite number >= 0, got {v}")
+    if args.aug_level is not None and not 0.0 <= args.aug_level <= 1.0:
+        raise ValueError(f"--aug-level must be in [0, 1], got {args.aug_level}")
+    if args.stop_at is not None:
+        stages = read_cascade_config(args.model).stages
+        if args.stop_at not in stages:
+            raise ValueError(f"--stop-at {args.stop_at}: {args.model} has no stage {args.stop_at!r}; "
+                             f"its stages are {', '.join(stages)}")
+
+
+def _check_subject_args(args) -> None:
+    """``generate``'s exemplar arguments: readable images of a usable size, captions only with images."""
+    from PIL import Image
+
+    if args.subject_text and not args.subject:
+        raise ValueError("--subject-text describes --subject images, but no --subject images were given"
+                         + (" (--retrieve-from brings its own captions)" if args.retrieve_from else ""))
+    if args.subject and args.retrieve_from:
+        raise ValueError("give either --subject images or --retrieve-from, not both")
+    if not args.subject and not args.retrieve_from:
+        raise ValueError("generate needs --subject images (1-5) or --retrieve-from; for a prompt alone use "
+                         "suti sample")
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    if any(not t.strip() for t in args.subject_text):
+        raise ValueError("--subject-text: a caption is empty")
+    for path in args.subject:
+        try:
+            with Image.open(path) as im:
+                size = im.size
+        except OSError as e:  # missing, unreadable, or not an image (UnidentifiedImageError)
+            raise ValueError(f"--subject {path}: cannot read it as an image ({e})") from e
+        if min(size) < MIN_EXEMPLAR_SIDE:
+            raise ValueError(f"--subject {path}: {size[0]}x{size[1]} px is too small to show a subject "
+                             f"(each side must be at least {MIN_EXEMPLAR_SIDE} px)")
+
+
 def cmd_sample(args):
+    _check_sampling_args(args)
     pipe = _pipe(args)
     images = pipe(args.prompt, **_sampling_kwargs(args))
     _save_grid(images, args.out, cols=args.num_images)
 
 
+def _jsonable_record(record: dict) -> dict:
+    return {k: v for k, v in record.items() if v is None or isinstance(v, (str, int, float, bool))}
+
+
+def _retrieve(pipe, args) -> tuple[list, list[str]]:
+    """Re-Imagen mode: fetch the exemplars here, so they are listed and kept in ``<out>.exemplars/``."""
+    from retrieval import PairsDatabase
+    from retrieval.atomic import atomic_path, atomic_write_json
+
+    db = PairsDatabase.open(args.retrieve_from)
+    images, captions, records = pipe.retrieve_exemplars(db, args.prompt, args.k)
+    out = Path(args.out)
+    folder = out.with_name(out.stem + ".exemplars")
+    print(f"retrieved {len(images)} exemplars from {args.retrieve_from} for {args.prompt!r}:")
+    kept = []
+    for i, (image, caption, record) in enumerate(zip(images, captions, records)):
+        path = folder / f"{i:02d}.png"
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG")
+        source = record.get("url") or record.get("path")
+        if record.get("member"):
+            source = f"{source}:{record['member']}"
+        score = record.get("score")
+        score = f"score {score:.3f}  " if isinstance(score, (int, float)) else ""
+        print(f"  {path.name}: {score}{caption!r}  ({source})")
+        kept.append({"file": path.name, "caption": caption, "record": _jsonable_record(record)})
+    atomic_write_json(folder / "exemplars.json", {"prompt": args.prompt, "database": str(args.retrieve_from),
+                                                  "exemplars": kept})
+    print(f"wrote the retrieved exemplars to {folder}")
+    return images, captions
+
+
 def cmd_generate(args):
+    _check_sampling_args(args)
+    _check_subject_args(args)
     pipe = _pipe(args)
-    texts = args.subject_text if args.subject_text else None
+    subject, texts = args.subject, args.subject_text or None
     if texts is not None and len(texts) == 1:
         texts = texts[0]
-    retrieve = None
     if args.retrieve_from:
-        from retrieval import PairsDatabase
-
-        retrieve = PairsDatabase.open(args.retrieve_from)
-    images = pipe(args.prompt, subject_images=args.subject or None, subject_texts=texts,
+        subject, texts = _retrieve(pipe, args)
+    images = pipe(args.prompt, subject_images=subject, subject_texts=texts,
                   guidance_mode=args.guidance_mode, context_guidance=args.context_guidance,
-                  text_ratio=args.text_ratio, fit=args.fit,
-                  retrieve_from=retrieve, k=args.k, **_sampling_kwargs(args))
+                  text_ratio=args.text_ratio, fit=args.fit, **_sampling_kwargs(args))
     _save_grid(images, args.out, cols=args.num_images)
 
 
@@ -149,6 +233,7 @@ _EXTENSIONS = [  # (module, function) adding subcommands owned by other packages
     ("retrieval.cli", "add_subparsers"),
     ("dataset_builder.cli", "add_subparser"),
     ("suti.evaluate", "add_subparser"),
+    ("suti.serve.cli", "add_subparser"),  # web libraries are imported only when `suti serve` runs
 ]
 
 
@@ -224,18 +309,80 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that package part is not installed in this build
             raise
         getattr(mod, fn)(sub)
+    add_threads_option(sub)
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def thread_count(requested: int | None = None) -> tuple[int, str]:
+    """How many CPU threads torch gets, and why: ``--threads``, else ``SUTI_THREADS``, else
+    ``OMP_NUM_THREADS``, else min(4, the CPUs this process may use). Many threads on a busy machine wait
+    for each other: on a loaded 2-core machine one thread ran a sampling call tens of times faster."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads must be >= 1, got {requested}")
+        return requested, "--threads"
+    for var in ("SUTI_THREADS", "OMP_NUM_THREADS"):
+        raw = os.environ.get(var, "").strip()
+        if raw:
+            if not raw.isdigit() or int(raw) < 1:
+                raise ValueError(f"environment variable {var}={raw!r} must be a whole number >= 1")
+            return int(raw), var
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, cores), f"min(4, {cores} CPUs)"
+
+
+def add_threads_option(subparsers) -> None:
+    """Give every leaf subcommand ``--threads`` (nested ones like ``index build`` included)."""
+    for p in subparsers.choices.values():
+        nested = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested:
+            add_threads_option(action)
+        if not nested and "--threads" not in p._option_string_actions:
+            p.add_argument("--threads", type=int, default=None,
+                           help="CPU threads for torch (default: $SUTI_THREADS, else $OMP_NUM_THREADS, "
+                                "else min(4, CPUs))")
+
+
+def is_expected_error(e: BaseException) -> bool:
+    """Errors a user can cause and fix (bad files, arguments, data, a diverged run, too little memory):
+    reported as one line. Anything else is a bug and keeps its traceback."""
+    expected: tuple = (OSError, ValueError, MemoryError)
+    for module, names in (("torch", ("OutOfMemoryError",)), ("retrieval.errors", ("RetrievalError",)),
+                          ("suti.training.trainer", ("TrainingDiverged",))):
+        mod = sys.modules.get(module)  # not imported: the error cannot be one of its classes
+        expected += tuple(getattr(mod, n) for n in names if mod is not None and hasattr(mod, n))
+    return isinstance(e, expected)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 2000 else text[:2000] + " ..."
+
+
+def run_command(args) -> int:
+    """Run a parsed subcommand: expected errors become one line on stderr and exit status 2. Torch's thread
+    count is set for the command (see ``thread_count``) and restored after it, for callers in a process."""
+    import torch
+
+    previous = torch.get_num_threads()
     try:
+        torch.set_num_threads(thread_count(getattr(args, "threads", None))[0])
         result = args.func(args)
-    except (OSError, ValueError) as e:  # missing/unreadable files and bad arguments: one line, no traceback
-        print(f"suti {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"suti {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - filtered just below
+        if not is_expected_error(e):
+            raise
+        print(f"suti {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(previous)
     return int(result or 0)
+
+
+def main(argv=None) -> int:
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

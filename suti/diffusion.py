@@ -90,13 +90,39 @@ def sample_aug_level(batch: int, cfg: DiffusionConfig, device, train: bool, gene
     return torch.full((batch,), cfg.noise_aug_sample, device=device)
 
 
-def drop_masks(batch: int, cfg: DiffusionConfig, device, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example keep masks for (text, context). Text and context are dropped together with
-    probability ``text_drop_prob``; context alone with probability ``context_drop_prob``."""
+def drop_masks(batch: int, cfg: DiffusionConfig, device, generator=None,
+               has_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row keep masks (keep_text, keep_context) for classifier-free guidance training.
+
+    With context, each row is one of four disjoint cases, so every guidance branch is trained:
+    text alone dropped (``text_drop_prob``; the "no_text" branch of text and interleaved guidance),
+    context alone dropped (``context_drop_prob``; "no_context", context and interleaved guidance),
+    both dropped (``joint_drop_prob``; "uncond", joint guidance), or nothing dropped.
+    Without context, text is dropped with ``text_drop_prob`` (Imagen's 10%): the "uncond" branch of plain CFG.
+    """
     u = torch.rand(batch, device=device, generator=generator)
-    keep_text = u >= cfg.text_drop_prob
-    keep_context = u >= cfg.text_drop_prob + cfg.context_drop_prob
-    return keep_text, keep_context
+    if not has_context:
+        return u >= cfg.text_drop_prob, torch.ones(batch, dtype=torch.bool, device=device)
+    p_text, p_ctx, p_joint = cfg.text_drop_prob, cfg.context_drop_prob, cfg.joint_drop_prob
+    drop_text_only = u < p_text
+    drop_ctx_only = (u >= p_text) & (u < p_text + p_ctx)
+    drop_both = (u >= p_text + p_ctx) & (u < p_text + p_ctx + p_joint)
+    return ~(drop_text_only | drop_both), ~(drop_ctx_only | drop_both)
+
+
+def trained_branches(cfg: DiffusionConfig, has_context: bool) -> set[str]:
+    """The guidance reference branches that ``drop_masks`` trains (see ``suti.sampling.Guidance``)."""
+    if not has_context:
+        return {"uncond"} if cfg.text_drop_prob > 0 else set()
+    named = {"no_text": cfg.text_drop_prob, "no_context": cfg.context_drop_prob, "uncond": cfg.joint_drop_prob}
+    return {name for name, p in named.items() if p > 0}
+
+
+def cosine_t_from_logsnr(logsnr: float, logsnr_min: float = -20.0, logsnr_max: float = 20.0) -> float:
+    """Inverse of ``cosine_logsnr``: the time at which the schedule reaches ``logsnr``."""
+    b = math.atan(math.exp(-0.5 * logsnr_max))
+    a = math.atan(math.exp(-0.5 * logsnr_min)) - b
+    return min(1.0, max(0.0, (math.atan(math.exp(-0.5 * logsnr)) - b) / a))
 
 
 def diffusion_loss(model_output, x0, noise, logsnr, cfg: DiffusionConfig) -> torch.Tensor:

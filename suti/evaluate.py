@@ -146,7 +146,10 @@ def evaluate(pipe, root, embedder, dino: DinoScorer | None = None, subjects: lis
     overall = {m: (float(np.mean([s[m] for s in per_subject.values()])) if dino or m != "dino" else None)
                for m in ("dino", "clip_i", "clip_t")}
     if grid_path:
-        make_grid(grid).save(grid_path)
+        from retrieval.atomic import atomic_path
+
+        with atomic_path(grid_path) as tmp:
+            make_grid(grid).save(tmp, format="PNG")
     return {"method": method, "overall": overall, "subjects": per_subject,
             "paper_anchors_dino_clipi_clipt": PAPER_ANCHORS, "dino_model": None if dino is None else "given",
             "k": k, "steps": steps, "guidance": guidance, "baseline_steps": baseline_steps}
@@ -165,14 +168,47 @@ def add_subparser(subparsers):
                    help="suti (exemplars, no training) or a per-subject baseline on the same cascade")
     p.add_argument("--baseline-steps", type=int, default=None, help="fine-tuning steps of a baseline (its default)")
     p.add_argument("--out", required=True, help="output JSON (a PNG grid is written beside it)")
+    p.add_argument("--allow-unverified-scorer", action="store_true",
+                   help="score with a CLIP that is not a known pretrained open_clip model (a local-dir: folder or "
+                        "a weights file). Random or untrained weights score near 1 for any image pair, so such "
+                        "scores are marked as not comparable with the paper's")
     p.set_defaults(func=_run)
 
 
+def clip_scorer_status(spec: str) -> tuple[bool, str]:
+    """(known pretrained?, why) for a ``--clip`` spec. Known: ``NAME:TAG`` with a tag open_clip lists for that
+    architecture, or an ``hf-hub:`` model. A local folder or weights file cannot be told apart from random
+    weights, which is what made a randomly initialised CLIP report CLIP-I 0.92 next to the paper's 0.819."""
+    if spec.startswith("hf-hub:"):
+        return True, "a published Hugging Face hub model"
+    if spec.startswith("local-dir:"):
+        return False, f"{spec} is a local folder: its weights cannot be checked against a known pretrained model"
+    name, _, tag = spec.partition(":")
+    if not tag:
+        return False, f"{spec} names no pretrained weights (use NAME:TAG, e.g. ViT-B-32:openai)"
+    import open_clip
+
+    if (name, tag) in {tuple(x) for x in open_clip.list_pretrained()}:
+        return True, f"open_clip pretrained {name}:{tag}"
+    return False, f"{tag!r} is not a pretrained tag open_clip knows for {name!r} (see open_clip.list_pretrained())"
+
+
 def _run(args):
+    import sys
+
     from retrieval import Embedder
+    from retrieval.atomic import atomic_write_json
 
     from .pipeline import SuTIPipeline
 
+    verified, why = clip_scorer_status(args.clip)
+    if not verified and not args.allow_unverified_scorer:
+        raise ValueError(f"--clip: {why}. A CLIP with random or untrained weights gives CLIP-I near 1 for any "
+                         "image pair, so its scores would look better than the paper's. Use a known pretrained "
+                         "model, or pass --allow-unverified-scorer if the folder holds one")
+    if not verified:
+        print(f"suti evaluate: warning: {why}; the scores are marked as not comparable with the paper's",
+              file=sys.stderr)
     pipe = SuTIPipeline.from_pretrained(args.model)
     if args.clip.startswith("local-dir:"):
         emb = Embedder.from_pretrained(args.clip)
@@ -183,6 +219,10 @@ def _run(args):
     out = Path(args.out)
     res = evaluate(pipe, args.dreambench, emb, dino, args.subjects, args.prompts_per_subject, steps=args.steps,
                    grid_path=out.with_suffix(".png"), method=args.method, baseline_steps=args.baseline_steps)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    res["scorer"] = {"clip": args.clip, "clip_known_pretrained": verified, "clip_status": why, "dino": args.dino,
+                     "comparable_with_paper": verified}
+    atomic_write_json(out, res)
     print(json.dumps(res["overall"], indent=2))
+    if not verified:
+        print("note: unverified CLIP scorer: these scores are not comparable with the paper's anchors",
+              file=sys.stderr)

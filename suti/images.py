@@ -12,7 +12,11 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+from retrieval.images import to_rgb  # the one any-mode -> RGB conversion (re-exported here)
+
+__all__ = ["ImageLoadError", "open_image", "to_rgb", "fit_square", "pil_to_tensor", "load_image_tensor", "load_images",
+           "tensor_to_pil", "make_grid"]
 
 ImageLike = Union[Image.Image, str, Path, bytes]
 FIT_MODES = ("center-crop", "pad")
@@ -52,35 +56,6 @@ def open_image(src: ImageLike, name: str | None = None) -> Image.Image:
         raise ImageLoadError(f"{label}: not an image format PIL can read") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"{label}: cannot decode image ({type(e).__name__}: {e})") from e
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """EXIF-orient and convert any mode to 8-bit RGB."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) / _white_level(img) * 255.0 + 0.5, 0, 255)
-                              .astype(np.uint8), mode="L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, rgba)
-    return img.convert("RGB")
-
-
-def _white_level(img: Image.Image) -> float:
-    """The value that means white in a high-bit-depth greyscale image, from its mode and range: a fixed
-    convention (not the image's own maximum), so a flat or dark image keeps its brightness."""
-    if img.mode.startswith("I;16"):
-        return 65535.0
-    lo, hi = img.getextrema()
-    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
-        return 1.0  # float images in [0, 1]
-    for level in (255.0, 65535.0):  # 8- or 16-bit data stored in a 32-bit mode
-        if hi <= level:
-            return level
-    return float(hi)  # wider data: scale its own range
 
 
 def fit_square(img: Image.Image, size: int, mode: str = "center-crop", fill=(255, 255, 255)) -> Image.Image:

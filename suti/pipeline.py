@@ -165,12 +165,14 @@ class SuTIPipeline:
                  steps: int | dict = 50, sampler: str = "ddim", eta: float = 0.0, seed: int | None = None,
                  threshold: str = "dynamic", start_at=None, stop_at=None, fit: str = "center-crop",
                  retrieve_from=None, k: int = 3, cache_context: bool = True, aug_level: float | dict | None = None,
-                 progress: bool = False, output_type: str = "pil"):
+                 progress: bool = False, output_type: str = "pil", callback=None):
         """Generate ``num_images`` per prompt. Returns a list of PIL images (prompt-major order), or the
         tensor in [-1, 1] with ``output_type="pt"``.
 
         ``guidance``, ``steps`` and ``aug_level`` (the SR stages' noise-conditioning level; default: each
-        stage config's ``noise_aug_sample``) take one value or a dict keyed by stage name."""
+        stage config's ``noise_aug_sample``) take one value or a dict keyed by stage name.
+        ``callback(stage_name, step, steps)`` is called after every sampler step (progress, cancellation: raise
+        from it to stop)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("prompt is empty")
@@ -207,7 +209,7 @@ class SuTIPipeline:
         images = self.cascade.sample(emb, mask, exemplars=exemplars, start_at=start_at, stop_at=stop_at,
                                      guidance=g, steps=steps, sampler=sampler, eta=eta, threshold=threshold,
                                      generator=generator, cache_context=cache_context, aug_level=aug_level,
-                                     progress=progress)
+                                     progress=progress, callback=callback)
         return images if output_type == "pt" else tensor_to_pil(images)
 
 

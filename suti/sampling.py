@@ -50,7 +50,7 @@ class Guidance:
     """
 
     scale: float = 5.0
-    mode: str = "text"
+    mode: str = "interleaved"  # what generation uses; without context every mode is plain text CFG
     context_scale: float | None = None
     text_ratio: float = 0.5
 
@@ -61,21 +61,32 @@ class Guidance:
             raise ValueError(f"guidance text_ratio must be in [0, 1], got {self.text_ratio}")
 
     def plan(self, step: int, has_context: bool) -> tuple[str | None, float]:
-        """(reference branch, weight) for this step; reference None means no guidance."""
-        if self.mode == "none" or self.scale == 1.0:
+        """(reference branch, weight) for this step; reference None means no guidance on this step.
+
+        A weight of 1 is no guidance, so each step is checked with the weight it would use: with
+        ``scale=1, context_scale=3`` the context-guided steps are guided and the text-guided ones are not.
+        """
+        if self.mode == "none":
             return None, 1.0
         if not has_context:
-            return "uncond", self.scale  # plain text-to-image classifier-free guidance
-        ctx_scale = self.scale if self.context_scale is None else self.context_scale
-        if self.mode == "text":
-            return "no_text", self.scale
-        if self.mode == "context":
-            return "no_context", ctx_scale
-        if self.mode == "joint":
-            return "uncond", self.scale
-        # Interleaved: spread the text-guided steps evenly (Bresenham) so the ratio holds at any step count.
-        text_step = int((step + 1) * self.text_ratio) > int(step * self.text_ratio)
-        return ("no_text", self.scale) if text_step else ("no_context", ctx_scale)
+            ref, w = "uncond", self.scale  # plain text-to-image classifier-free guidance
+        else:
+            ctx_scale = self.scale if self.context_scale is None else self.context_scale
+            if self.mode == "text":
+                ref, w = "no_text", self.scale
+            elif self.mode == "context":
+                ref, w = "no_context", ctx_scale
+            elif self.mode == "joint":
+                ref, w = "uncond", self.scale
+            else:
+                # Interleaved: spread the text-guided steps evenly (Bresenham) so the ratio holds at any step count.
+                text_step = int((step + 1) * self.text_ratio) > int(step * self.text_ratio)
+                ref, w = ("no_text", self.scale) if text_step else ("no_context", ctx_scale)
+        return (None, 1.0) if w == 1.0 else (ref, w)
+
+    def branches_used(self, steps: int, has_context: bool) -> set[str]:
+        """The reference branches a run of ``steps`` steps compares against (what training must have seen)."""
+        return {ref for ref, _ in (self.plan(i, has_context) for i in range(steps)) if ref is not None}
 
 
 def guided_denoiser(branches: Callable[[torch.Tensor, torch.Tensor, list[str]], list[torch.Tensor]],
@@ -93,10 +104,21 @@ def guided_denoiser(branches: Callable[[torch.Tensor, torch.Tensor, list[str]], 
 
 
 # ----------------------------------------------------------------------------- samplers
-def time_grid(steps: int, device=None) -> torch.Tensor:
+def time_grid(steps: int, device=None, t_start: float = 1.0) -> torch.Tensor:
+    """``steps + 1`` times from ``t_start`` down to 0, evenly spaced."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return torch.linspace(1.0, 0.0, steps + 1, device=device)
+    if not 0.0 < t_start <= 1.0:
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    return torch.linspace(t_start, 0.0, steps + 1, device=device)
+
+
+def schedule(logsnr_min: float = -20.0, logsnr_max: float = 20.0,
+             logsnr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """The t -> log-SNR map a sampler walks: the cosine schedule, or ``logsnr_fn`` (e.g. a bridged discrete one)."""
+    if logsnr_fn is not None:
+        return logsnr_fn
+    return lambda tt: cosine_logsnr(tt, logsnr_min, logsnr_max)
 
 
 def _step(x, x0, t, s, logsnr_fn, eta: float, generator):
@@ -119,10 +141,12 @@ def _step(x, x0, t, s, logsnr_fn, eta: float, generator):
 def ddim_sample(denoise: Denoiser, x_T: torch.Tensor, steps: int = 50, eta: float = 0.0, *,
                 threshold: str | None = "dynamic", percentile: float = 0.995, logsnr_min: float = -20.0,
                 logsnr_max: float = 20.0, generator: torch.Generator | None = None, progress=None,
-                callback: Callable | None = None) -> torch.Tensor:
-    """DDIM (Song et al. 2021) from x_T ~ N(0, I). eta=0 is deterministic."""
-    logsnr_fn = lambda tt: cosine_logsnr(tt, logsnr_min, logsnr_max)  # noqa: E731
-    ts = time_grid(steps, x_T.device)
+                callback: Callable | None = None, t_start: float = 1.0,
+                logsnr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021) from x_T ~ N(0, I) at time ``t_start``. eta=0 is deterministic.
+    ``logsnr_fn`` replaces the cosine schedule (then ``logsnr_min``/``logsnr_max`` are unused)."""
+    logsnr_fn = schedule(logsnr_min, logsnr_max, logsnr_fn)
+    ts = time_grid(steps, x_T.device, t_start)
     x = x_T
     it = range(steps)
     if progress:

@@ -16,13 +16,11 @@ building and when looking up, so readers need not repeat it.
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import json
 import logging
 import os
 import re
-import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,7 +28,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text
+from retrieval.atomic import atomic_write_json, atomic_write_text
+from retrieval.shards import TAR_SUFFIXES, expand_pattern, expand_shard_patterns, iter_tar_samples
 
 __all__ = [
     "CACHE_VERSION", "TextCacheError", "TextEmbeddingCache", "build_text_cache",
@@ -64,10 +63,6 @@ def _canonical_encoder_name(name: str) -> str:
     """Local folders compare by resolved path; hub names as given."""
     path = Path(str(name)).expanduser()
     return str(path.resolve()) if path.is_dir() else str(name)
-
-
-def _atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def _read_json(path: Path):
@@ -142,7 +137,7 @@ def build_text_cache(encoder, captions: Iterable[str], folder, batch_size: int =
         atomic_write_text(captions_path, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in unique))
         emb = np.lib.format.open_memmap(emb_path, mode="w+", dtype=_NP_DTYPES[dtype], shape=(n, length, dim))
         mask = np.lib.format.open_memmap(mask_path, mode="w+", dtype=np.bool_, shape=(n, length))
-        _atomic_write_json(progress_path, {"spec": spec, "rows_done": 0})
+        atomic_write_json(progress_path, {"spec": spec, "rows_done": 0})
 
     from tqdm.auto import tqdm
 
@@ -162,12 +157,12 @@ def build_text_cache(encoder, captions: Iterable[str], folder, batch_size: int =
             mask[start:start + len(chunk)] = m.cpu().numpy()
             emb.flush()
             mask.flush()
-            _atomic_write_json(progress_path, {"spec": spec, "rows_done": start + len(chunk)})
+            atomic_write_json(progress_path, {"spec": spec, "rows_done": start + len(chunk)})
             bar.update(len(chunk))
     finally:
         bar.close()
     del emb, mask
-    _atomic_write_json(meta_path, {**spec, "model_type": getattr(encoder, "model_type", None)})
+    atomic_write_json(meta_path, {**spec, "model_type": getattr(encoder, "model_type", None)})
     progress_path.unlink(missing_ok=True)
     return folder
 
@@ -330,7 +325,6 @@ class TextEmbeddingCache:
 
 # ---------------------------------------------------------------------------- caption sources
 
-_SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _TEXT_EXT = re.compile(r"(txt|target\.txt|ex\d+\.txt)")
 
 
@@ -338,22 +332,14 @@ def _expand(source) -> list[Path]:
     if isinstance(source, Path):
         patterns = [str(source)]
     else:
-        from braceexpand import braceexpand
-
-        patterns = list(braceexpand(str(source)))
-    paths: list[Path] = []
+        try:
+            patterns = expand_pattern(source)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"caption source pattern matched no files: {source} ({err})") from None
     for pattern in patterns:
-        pattern = os.path.expanduser(pattern)
-        if glob.has_magic(pattern):
-            matched = sorted(glob.glob(pattern))
-            if not matched:
-                raise FileNotFoundError(f"caption source pattern matched no files: {pattern}")
-            paths.extend(Path(m) for m in matched)
-        else:
-            if not os.path.exists(pattern):
-                raise FileNotFoundError(f"caption source not found: {pattern}")
-            paths.append(Path(pattern))
-    return paths
+        if not os.path.exists(pattern):
+            raise FileNotFoundError(f"caption source not found: {pattern}")
+    return [Path(p) for p in patterns]
 
 
 def _caption_of(record, where: str, report: Counter):
@@ -417,25 +403,27 @@ def _read_json_file(path: Path, report: Counter) -> list[str]:
 
 
 def _read_shard(path: Path, report: Counter) -> list[str]:
-    """Caption members of a webdataset shard: `{key}.txt`, `{key}.target.txt`, `{key}.exN.txt`."""
+    """Caption members of a webdataset shard: `{key}.txt`, `{key}.target.txt`, `{key}.exN.txt`. Shard problems
+    (torn, corrupt, duplicate keys, odd members: retrieval.shards) are counted in `report`, naming the file;
+    a file that is not a tar at all raises ValueError."""
     out = []
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if not member.isfile() or not member.name.endswith(".txt"):
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                ext = base.split(".", 1)[1] if "." in base else ""
-                if not _TEXT_EXT.fullmatch(ext):
-                    report[f"other .txt member ignored ({ext})"] += 1
-                    continue
-                raw = tar.extractfile(member).read()
-                try:
-                    out.append(normalize_caption(raw.decode("utf-8")))
-                except UnicodeDecodeError:
-                    report["non-UTF-8 caption member"] += 1
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise ValueError(f"{path}: not a readable tar shard: {err}") from err
+
+    def problem(p):
+        if p.reason == "unreadable":  # not a tar at all: the source list is wrong, not one record
+            raise ValueError(f"{path}: not a readable tar shard: {p.detail}")
+        report[f"tar {p.reason} ({path})"] += 1
+
+    for sample in iter_tar_samples(path, problem):
+        for ext, raw in sample.members.items():
+            if not ext.endswith("txt"):
+                continue
+            if not _TEXT_EXT.fullmatch(ext):
+                report[f"other .txt member ignored ({ext})"] += 1
+                continue
+            try:
+                out.append(normalize_caption(raw.decode("utf-8")))
+            except UnicodeDecodeError:
+                report["non-UTF-8 caption member"] += 1
     return out
 
 
@@ -452,14 +440,13 @@ def read_captions(source, report: Counter | None = None) -> list[str]:
     captions: list[str] = []
     for src in sources:
         for path in _expand(src):
-            if path.is_dir():
-                shards = sorted(p for p in path.iterdir() if p.name.endswith(_SHARD_SUFFIXES))
-                if not shards:
-                    raise FileNotFoundError(f"caption folder {path} holds no .tar shards")
+            if path.is_dir() or path.name.endswith(TAR_SUFFIXES):
+                try:
+                    shards = expand_shard_patterns(path)
+                except FileNotFoundError as err:
+                    raise FileNotFoundError(f"caption folder {path} holds no .tar shards") from err
                 for shard in shards:
                     captions.extend(_read_shard(shard, report))
-            elif path.name.endswith(_SHARD_SUFFIXES):
-                captions.extend(_read_shard(path, report))
             elif path.suffix == ".txt":
                 captions.extend(_read_txt(path, report))
             elif path.suffix == ".jsonl":

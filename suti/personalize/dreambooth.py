@@ -35,6 +35,9 @@ class DreamBoothConfig:
     grad_clip: float = 1.0
     seed: int = 0
     fit: str = "center-crop"
+    # The DreamBooth recipe (Ruiz et al. 2023; diffusers' train_dreambooth) always gives the instance and class
+    # prompts: no classifier-free text dropout, so guidance's unconditional branch keeps the base model's prior.
+    condition_dropout: bool = False
 
 
 @dataclass
@@ -98,11 +101,13 @@ def dreambooth(pipe, images: list[ImageLike], class_noun: str, config: DreamBoot
     bar = tqdm(range(cfg.steps), desc="dreambooth", disable=not progress)
     for _ in bar:
         x = augment(subject[pick(len(subject), cfg.batch_size, g)], g).to(device)
-        loss = stage.training_loss(x, inst_emb.expand(len(x), -1, -1), inst_mask.expand(len(x), -1), generator=None)
+        loss = stage.training_loss(x, inst_emb.expand(len(x), -1, -1), inst_mask.expand(len(x), -1), generator=None,
+                                   drop_conditions=cfg.condition_dropout)
         if prior is not None:
             p = prior[pick(len(prior), cfg.batch_size, g)].to(device)
             loss = loss + cfg.prior_weight * stage.training_loss(p, cls_emb.expand(len(p), -1, -1),
-                                                                 cls_mask.expand(len(p), -1))
+                                                                 cls_mask.expand(len(p), -1),
+                                                                 drop_conditions=cfg.condition_dropout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(stage.parameters(), cfg.grad_clip)

@@ -84,7 +84,8 @@ def textual_inversion(pipe, images: list[ImageLike], init_word: str, config: Tex
             prompts = [cfg.templates[int(i)].format(cfg.token)
                        for i in torch.randint(0, len(cfg.templates), (len(x),), generator=g)]
             emb, mask = enc.encode(prompts, token_embeddings={cfg.token: vec})
-            loss = base.training_loss(x, emb.to(device), mask.to(device))
+            # No text dropout: a dropped row gives the embedding no gradient (Gal et al. train every row).
+            loss = base.training_loss(x, emb.to(device), mask.to(device), drop_conditions=False)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -74,6 +74,10 @@ def _point_run_at(cfg, checkpoint: str) -> None:
     ckpt = Path(checkpoint).resolve()
     if not (ckpt / "trainer_state.json").is_file():
         raise FileNotFoundError(f"--resume {checkpoint}: not a complete training checkpoint (no trainer_state.json)")
+    try:
+        S.verify_checkpoint(ckpt)  # the checkpoint the user chose: damaged is an error, no fallback
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume {checkpoint}: the checkpoint is damaged: {e}") from e
     run = ckpt.parent.parent
     if Path(cfg.output_dir).resolve() != run:
         logging.getLogger("suti.training").info("--resume %s: using run folder %s", checkpoint, run)
@@ -85,15 +89,17 @@ def _point_run_at(cfg, checkpoint: str) -> None:
 
 
 def main(argv=None) -> int:
+    from ..cli import add_threads_option, run_command
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="suti-train")
     sub = parser.add_subparsers(dest="command")
     add_train_subparser(sub)
+    add_threads_option(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "train":
         argv = ["train"] + argv
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from ..config_loading import build_dataclass, looks_float
+from ..config_loading import read_config_file as _read_config_file
+from ..field_checks import check_fields
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
@@ -109,19 +112,23 @@ class TrainConfig:
     deterministic: bool = False
     find_unused_parameters: bool = False
     progress: bool = True
+    # Divergence guard: stop with an error when more than this share of the last `skip_window` steps were
+    # skipped for a non-finite loss or gradient (1.0: never stop).
+    max_skipped_share: float = 0.5
+    skip_window: int = 20
 
     def __post_init__(self):
-        for name, cls in (("stage", StageSpec), ("text", TextSpec), ("data", DataSpec), ("optim", OptimSpec),
-                          ("ema", EMASpec), ("sample", SampleSpec)):
-            v = getattr(self, name)
-            if isinstance(v, dict):
-                setattr(self, name, _build(cls, v, name))
+        for name, cls in _SECTIONS:
+            setattr(self, name, build_dataclass(cls, getattr(self, name), name))
         if isinstance(self.data.sources, str):  # a single path or pattern
             self.data.sources = [self.data.sources]
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
         if isinstance(self.optim.betas, list):
             self.optim.betas = tuple(self.optim.betas)
+        check_fields(self, "training config")
+        for name, _ in _SECTIONS:
+            check_fields(getattr(self, name), f"training config: {name}")
         self.validate()
 
     def validate(self) -> None:
@@ -135,9 +142,25 @@ class TrainConfig:
         need(self.data.task in ("text_to_image", "in_context"), "data.task must be text_to_image or in_context")
         need(self.batch_size >= 1 and self.grad_accum >= 1 and self.steps >= 1,
              "batch_size, grad_accum and steps must be >= 1")
-        need(self.optim.warmup_steps >= 0 and self.optim.lr > 0, "optim.lr must be > 0, warmup_steps >= 0")
+        o = self.optim
+        need(o.warmup_steps >= 0 and o.lr > 0, f"optim.lr must be > 0 (got {o.lr}), warmup_steps >= 0")
+        need(len(o.betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                       for b in o.betas), f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+        need(o.eps > 0 and o.weight_decay >= 0 and 0 <= o.min_lr_ratio <= 1,
+             "optim.eps must be > 0, optim.weight_decay >= 0 and optim.min_lr_ratio in [0, 1]")
+        need(0 <= self.ema.decay < 1, f"ema.decay must be in [0, 1), got {self.ema.decay}")
         need(self.ema.export in ("ema", "raw"), "ema.export must be 'ema' or 'raw'")
         need(self.clip_grad_norm is None or self.clip_grad_norm > 0, "clip_grad_norm must be > 0 or null")
+        need(0 < self.max_skipped_share <= 1 and self.skip_window >= 1,
+             "max_skipped_share must be in (0, 1] and skip_window >= 1")
+        need(self.checkpoint_every >= 0 and self.log_every >= 1, "checkpoint_every must be >= 0, log_every >= 1")
+        s = self.sample
+        need(s.every >= 0 and s.num_held >= 0 and s.steps >= 1 and s.per_prompt >= 1 and s.guidance >= 0,
+             "sample.every and sample.num_held must be >= 0, sample.steps and sample.per_prompt >= 1, "
+             "sample.guidance >= 0")
+        need(self.text.max_length >= 1 and self.data.max_exemplars >= 1 and self.data.num_workers >= 0
+             and self.data.shuffle_buffer >= 1, "text.max_length, data.max_exemplars and data.shuffle_buffer must "
+             "be >= 1, data.num_workers >= 0")
         need(self.text.encoder or self.text.cache, "text.encoder or text.cache is required")
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
 
@@ -146,7 +169,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        return _build(cls, d, "")
+        return build_dataclass(cls, d, "training config")
 
     @classmethod
     def load(cls, path, overrides: list[str] | None = None) -> "TrainConfig":
@@ -154,40 +177,6 @@ class TrainConfig:
         for item in overrides or []:
             apply_override(d, item)
         return cls.from_dict(d)
-
-
-def _build(cls, d: dict, where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ValueError(f"training config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
-    d = dict(d)
-    for f in dataclasses.fields(cls):
-        # YAML 1.1 reads "1e-4" as a string: coerce numbers given to float fields.
-        if "float" in str(f.type) and isinstance(d.get(f.name), str) and _looks_float(d[f.name]):
-            d[f.name] = float(d[f.name])
-    return cls(**d)
-
-
-def read_config_file(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".json":
-            d = json.loads(text)
-        else:
-            import yaml
-
-            d = yaml.safe_load(text)
-    except Exception as e:
-        raise ValueError(f"cannot parse training config {path}: {e}") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"training config {path} must be a mapping at the top level")
-    return d
 
 
 def apply_override(d: dict, item: str) -> None:
@@ -202,7 +191,7 @@ def apply_override(d: dict, item: str) -> None:
     except yaml.YAMLError as e:
         raise ValueError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote list "
                          "items that contain braces, e.g. data.sources='[\"shards/{000000..000009}.tar\"]'") from e
-    if isinstance(value, str) and raw.strip() and _looks_float(raw.strip()):
+    if isinstance(value, str) and raw.strip() and looks_float(raw.strip()):
         value = float(raw)  # YAML 1.1 reads "1e-4" as a string
     node = d
     parts = key.strip().split(".")
@@ -213,9 +202,10 @@ def apply_override(d: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def _looks_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+_SECTIONS = (("stage", StageSpec), ("text", TextSpec), ("data", DataSpec), ("optim", OptimSpec), ("ema", EMASpec),
+             ("sample", SampleSpec))
+
+
+def read_config_file(path) -> dict:
+    """A training config file (YAML or JSON) as a mapping; errors name the file."""
+    return _read_config_file(path, "training config")

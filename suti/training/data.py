@@ -21,12 +21,9 @@ sequence is identical for any number of workers. Every batch carries its end pos
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import os
 import re
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from retrieval.shards import TAR_SUFFIXES, expand_pattern, iter_tar_samples
+
 from ..images import ImageLoadError, load_image_tensor
 
 log = logging.getLogger("suti.training")
@@ -43,7 +42,7 @@ log = logging.getLogger("suti.training")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 TASKS = ("text_to_image", "in_context")
 _EXEMPLAR_MEMBER = re.compile(r"ex(\d+)\.[a-z0-9]+")
-SHARD_EXTS = (".tar", ".tar.gz", ".tgz")
+SHARD_EXTS = TAR_SUFFIXES
 
 
 class DataError(ValueError):
@@ -65,56 +64,21 @@ class Record:
     members: dict
 
 
-def _split_member_name(name: str) -> tuple[str, str] | None:
-    """webdataset convention: key = path up to the first dot of the basename, extension = the rest."""
-    folder, base = os.path.split(name)
-    dot = base.find(".")
-    if dot <= 0 or base.startswith("._"):  # no extension, hidden file, or macOS resource fork
-        return None
-    return os.path.join(folder, base[:dot]) if folder else base[:dot], base[dot + 1:].lower()
-
-
 def iter_tar_records(path: str, skips: list | None = None) -> Iterator[Record]:
-    """Records of one tar shard in file order. A torn shard yields what it can and reports the rest."""
-    key, members, n = None, {}, 0
-    try:
-        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                parts = _split_member_name(m.name)
-                if parts is None:
-                    continue
-                k, ext = parts
-                if k != key:
-                    if key is not None:
-                        n += 1
-                        yield Record(key, path, members)
-                    key, members = k, {}
-                members[ext] = tar.extractfile(m).read()
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+    """Records of one tar shard in file order (read by retrieval.shards). Every problem the reader reports (a
+    torn or corrupt shard, a duplicate key, a directory or hidden member ...) is appended to ``skips`` as
+    (``path:key`` or ``path:<reason>``, ``"reason (detail)"``): the stream never loses records silently."""
+    def report(problem):
         if skips is not None:
-            skips.append((f"{path}:{key or '<start>'}", f"corrupt or truncated shard after {n} records "
-                                                          f"({type(e).__name__}: {e})"))
-        return  # the partially read record is dropped (and reported above)
-    if key is not None:
-        yield Record(key, path, members)
+            # "reason (detail)": SkipStats groups by the words before " (", so each reason is one category
+            skips.append((f"{path}:{problem.key if problem.key else '<' + problem.reason + '>'}",
+                          f"{problem.reason} ({problem.detail})"))
+
+    for sample in iter_tar_samples(path, report):
+        yield Record(sample.key, path, sample.members)
 
 
 # ----------------------------------------------------------------------------- sources
-def _expand_pattern(spec: str) -> list[str]:
-    import braceexpand
-
-    out = []
-    for pattern in braceexpand.braceexpand(str(spec)):
-        pattern = os.path.expanduser(pattern)
-        if glob.has_magic(pattern):
-            out.extend(sorted(glob.glob(pattern)))
-        else:
-            out.append(pattern)
-    return out
-
-
 class ShardSource:
     """A list of webdataset tar shards."""
 
@@ -217,7 +181,10 @@ def expand_sources(specs) -> list:
         raise DataError("no data sources given")
     shards, folders = [], []
     for spec in specs:
-        paths = _expand_pattern(str(spec))
+        try:
+            paths = expand_pattern(spec)
+        except FileNotFoundError:
+            paths = []
         if not paths:
             raise DataError(f"data source {spec!r} matches no files")
         for p in paths:

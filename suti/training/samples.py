@@ -10,13 +10,13 @@ changes the training run's random state (exact resume does not depend on when gr
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from PIL import Image
+
+from retrieval.atomic import atomic_path, atomic_write_json
 
 from ..context import Exemplars
 from ..images import make_grid, tensor_to_pil
@@ -113,13 +113,9 @@ def save_grid(grid: Image.Image, info: dict, folder: Path, step: int) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:08d}.png"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    side = path.with_suffix(".json")
-    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"step": step, **info}, indent=2), encoding="utf-8")
-    os.replace(tmp, side)
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+    atomic_write_json(path.with_suffix(".json"), {"step": step, **info})
     if info.get("noise_score", 0.0) > 0.5:
         log.warning("samples at step %d look like pure noise (neighbour-difference score %.2f; natural images score "
                     "< 0.2). Early in training this is expected; late in training check the learning rate, the data "

@@ -13,7 +13,6 @@ crash leaves either the previous set of checkpoints or the new one, never a torn
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -22,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_save_tensors, atomic_write_text, load_tensors, read_json, swap_folder
+from retrieval.atomic import atomic_write_json
+
+from ..checkpoint import atomic_save_tensors, load_tensors, read_json, swap_folder
 
 CHECKPOINT_FORMAT = "suti-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -160,7 +161,63 @@ def commit_partial(run_dir, step: int, keep_last: int | None) -> Path:
 
 # ----------------------------------------------------------------------------- files
 def write_json(path: Path, obj) -> None:
-    atomic_write_text(Path(path), json.dumps(obj, indent=2))
+    atomic_write_json(path, obj)
+
+
+def _need(ok: bool, path: Path, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{path}: {message}")
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def read_trainer_state(folder: Path) -> dict:
+    """``trainer_state.json`` of a checkpoint, checked field by field; errors name the file."""
+    path = Path(folder) / "trainer_state.json"
+    st = read_json(path)
+    _need(isinstance(st, dict), path, f"expected a JSON object, got {type(st).__name__}")
+    _need(st.get("format") == CHECKPOINT_FORMAT, path, f"format is {st.get('format')!r}, not {CHECKPOINT_FORMAT!r} "
+          "(not a suti training checkpoint)")
+    _need(_count(st.get("step")), path, f"step must be an integer >= 0, got {st.get('step')!r}")
+    m = _STEP_DIR.match(Path(folder).name)
+    _need(m is None or int(m.group(1)) == st["step"], path, f"step {st['step']} does not match the folder name")
+    _need(_count(st.get("nan_skips", 0)), path, f"nan_skips must be an integer >= 0, got {st.get('nan_skips')!r}")
+    _need(_count(st.get("world_size", 1)) and st.get("world_size", 1) >= 1, path,
+          f"world_size must be an integer >= 1, got {st.get('world_size')!r}")
+    ema = st.get("ema")
+    _need(ema is None or isinstance(ema, dict) and _count(ema.get("num_updates")), path,
+          f"ema must be null or hold an integer num_updates >= 0, got {ema!r}")
+    _need(st.get("scaler") is None or isinstance(st["scaler"], dict), path, "scaler must be null or an object")
+    _need(isinstance(st.get("config", {}), dict), path, "config must be an object")
+    return st
+
+
+def verify_checkpoint(folder: Path) -> dict:
+    """Read every file a resume needs (headers of the weight files, all JSON), so a torn or edited checkpoint
+    is found before anything is loaded from it. Returns the trainer state."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    st = read_trainer_state(folder)
+    ranks = range(st.get("world_size", 1))
+    files = [folder / "model" / "model.safetensors", folder / "optimizer.safetensors",
+             *(folder / f"rank-{r:05d}.safetensors" for r in ranks)]
+    if st.get("ema"):
+        files.append(folder / "ema" / "model.safetensors")
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a torn file
+            raise ValueError(f"cannot read safetensors file {path}: {e}") from e
+    for path in (folder / "model" / "config.json", folder / "optimizer.json", *(folder / f"rank-{r:05d}.json"
+                                                                                for r in ranks)):
+        read_json(path)
+    return st
 
 
 def save_optimizer(folder: Path, optimizer) -> None:

@@ -14,10 +14,13 @@ checkpoint and resumed ends bitwise equal to the uninterrupted run (on CUDA with
 
 NaN/inf guard. When the loss or the gradient norm is not finite on any rank, the step is skipped on
 all ranks: gradients are dropped, neither the optimizer nor the EMA moves (with fp16 the loss scale
-backs off), and ``nan_skips`` is incremented, logged and saved.
+backs off), and ``nan_skips`` is incremented, logged and saved. A run that keeps skipping (more than
+``max_skipped_share`` of the last ``skip_window`` steps), or whose weights stop being finite after an
+optimizer step, stops with ``TrainingDiverged``: it never finishes "successfully" with a broken model.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -31,8 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from retrieval.atomic import atomic_write_text
+
 from ..cascade import Stage, convert_to_context_stage
-from ..checkpoint import load_stage, load_tensors, read_json, save_stage
+from ..checkpoint import load_stage, load_tensors, load_weights_strict, save_stage
 from ..config import StageConfig
 from ..context import Exemplars
 from ..presets import preset
@@ -48,6 +53,13 @@ log = logging.getLogger("suti.training")
 # Config fields whose change breaks exact resume (warned about, not refused).
 _ORDER_KEYS = ("batch_size", "grad_accum", "seed", "data.sources", "data.shuffle", "data.shuffle_buffer",
                "data.task", "optim.lr", "optim.warmup_steps", "optim.schedule", "steps", "stage", "init_from")
+
+
+class TrainingDiverged(RuntimeError):
+    """The run diverged (non-finite weights, or too many skipped steps). The last checkpoint is untouched."""
+
+
+TASK_LABELS = {"text_to_image": "text-to-image", "in_context": "in-context"}
 
 
 # ----------------------------------------------------------------------------- small pure helpers
@@ -149,6 +161,7 @@ class Trainer:
         self._held = None
         self._stop_requested = False
         self._last_saved_step = -1
+        self._recent_skips: collections.deque = collections.deque(maxlen=cfg.skip_window)
 
         resume_from = self._resolve_resume()
         if text is None:
@@ -188,19 +201,34 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------------
     def _resolve_resume(self) -> Path | None:
+        """The newest checkpoint that reads back whole. A damaged newer one (torn weights, an edited
+        trainer_state.json) is skipped with a warning naming the file; if none is usable, an error."""
         cfg = self.config
-        latest = S.latest_checkpoint(self.run_dir)
+        ckpts = S.list_checkpoints(self.run_dir)
         if cfg.resume == "never":
-            if latest is not None:
-                raise FileExistsError(f"{self.run_dir} already has checkpoints (latest {latest}); resume=never "
+            if ckpts:
+                raise FileExistsError(f"{self.run_dir} already has checkpoints (latest {ckpts[-1][1]}); resume=never "
                                       "refuses to overwrite them: choose another output_dir or resume")
             return None
-        if cfg.resume == "always" and latest is None:
+        if cfg.resume == "always" and not ckpts:
             raise FileNotFoundError(f"resume requested but {S.checkpoints_dir(self.run_dir)} has no complete "
                                     "checkpoint")
-        if latest is not None and self.is_main:
-            log.info("resuming from %s", latest)
-        return latest
+        damaged = []
+        for _, path in reversed(ckpts):
+            try:
+                S.verify_checkpoint(path)
+            except (OSError, ValueError) as e:
+                damaged.append(f"{path.name}: {e}")
+                if self.is_main:
+                    log.warning("checkpoint %s is damaged and is skipped (%s); trying the previous one", path, e)
+                continue
+            if self.is_main:
+                log.info("resuming from %s", path)
+            return path
+        if damaged:
+            raise ValueError(f"no usable checkpoint in {S.checkpoints_dir(self.run_dir)}; refusing to start over "
+                             f"on top of them: {'; '.join(damaged)}")
+        return None
 
     def _build_stage(self, resume_from: Path | None) -> Stage:
         cfg = self.config
@@ -229,15 +257,13 @@ class Trainer:
         return Stage(StageConfig.from_dict(d)).train()
 
     def _load_checkpoint(self, ckpt: Path) -> None:
-        st = read_json(ckpt / "trainer_state.json")
-        if st.get("format") != S.CHECKPOINT_FORMAT:
-            raise ValueError(f"{ckpt} is not a suti training checkpoint")
+        st = S.read_trainer_state(ckpt)
         self._warn_config_changes(st.get("config", {}))
         S.load_optimizer(ckpt, self.optimizer)
         if self.ema is not None:
             if (ckpt / "ema").is_dir() and st.get("ema"):
-                self.ema.module.unet.load_state_dict(load_tensors(ckpt / "ema" / "model.safetensors",
-                                                                  device=self.device))
+                weights = ckpt / "ema" / "model.safetensors"
+                load_weights_strict(self.ema.module.unet, load_tensors(weights, device=self.device), weights)
                 self.ema.num_updates = int(st["ema"]["num_updates"])
             else:
                 log.warning("%s has no EMA weights; the EMA restarts from the current weights", ckpt)
@@ -281,7 +307,7 @@ class Trainer:
                 except json.JSONDecodeError:
                     continue  # a torn last line
             if self.step:
-                S.atomic_write_text(self.metrics_path, "".join(x + "\n" for x in keep))
+                atomic_write_text(self.metrics_path, "".join(x + "\n" for x in keep))
             else:
                 self.metrics_path.unlink()  # a fresh run
 
@@ -353,10 +379,37 @@ class Trainer:
                 group["lr"] = lr
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self._check_weights_finite(params, lr)
             if self.ema is not None:
                 self.ema.update(self.stage)
+        self._check_skip_share(skip)
         return {"loss": loss.item() if not skip else float("nan"), "grad_norm": grad_norm.item(), "lr": lr,
                 "skipped": skip, "n": total}
+
+    def _check_weights_finite(self, params: list, lr: float) -> None:
+        """A finite loss and gradient can still step the weights to inf/NaN (e.g. a huge learning rate)."""
+        largest = torch.stack(torch._foreach_norm([p.detach() for p in params], float("inf")))
+        if not bool(torch.isfinite(largest).all()):
+            raise TrainingDiverged(
+                f"step {self.step}: the weights are no longer finite after the optimizer step (lr={lr:g}); the run "
+                f"has diverged. Nothing was saved from it; the last checkpoint is {self._last_checkpoint()}. "
+                "Lower optim.lr or set clip_grad_norm.")
+
+    def _last_checkpoint(self) -> str:
+        latest = S.latest_checkpoint(self.run_dir)
+        return str(latest) if latest is not None else "none (no checkpoint was written yet)"
+
+    def _check_skip_share(self, skipped: bool) -> None:
+        cfg = self.config
+        self._recent_skips.append(skipped)
+        n = sum(self._recent_skips)
+        if n > cfg.max_skipped_share * cfg.skip_window:
+            raise TrainingDiverged(
+                f"step {self.step}: {n} of the last {len(self._recent_skips)} steps were skipped for a non-finite "
+                f"loss or gradient (more than max_skipped_share={cfg.max_skipped_share:g} of skip_window="
+                f"{cfg.skip_window}); the run has diverged and was stopped without saving. The last checkpoint is "
+                f"{self._last_checkpoint()}. Lower optim.lr (now {cfg.optim.lr:g}), check the data, or "
+                "raise max_skipped_share.")
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self, stop_at_step: int | None = None) -> dict:
@@ -369,7 +422,7 @@ class Trainer:
         self.stream.start = self.position  # continue where the last train() call (or the checkpoint) stopped
         it = iter(make_loader(self.stream, cfg.data.num_workers))
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.is_main and cfg.progress),
-                   desc=f"train {self.stage.name}", dynamic_ncols=True)
+                   desc=f"train {self.stage.name} ({TASK_LABELS[cfg.data.task]})", dynamic_ncols=True)
         window = {"loss": 0.0, "n": 0, "t": time.time(), "steps": 0}
         smooth = None
         old_handlers = self._install_signal_handlers()
@@ -386,7 +439,8 @@ class Trainer:
                 window["steps"] += 1
                 bar.update(1)
                 if smooth is not None:
-                    bar.set_postfix(loss=f"{smooth:.4f}", skipped=self.nan_skips, refresh=False)
+                    bar.set_postfix(loss=f"{smooth:.4f}", skipped_steps=self.nan_skips,
+                                    skipped_samples=self.skips.total, refresh=False)
                 if self.step % cfg.log_every == 0 or self.step == stop:
                     self._log_metrics(out, window)
                     window = {"loss": 0.0, "n": 0, "t": time.time(), "steps": 0}

@@ -134,7 +134,7 @@ def test_config_typos_and_mismatched_weights_get_clear_errors(tmp_path):
 
     d = preset("tiny-base32", text_embed_dim=8).to_dict()
     d["unet"]["dropuot"] = 0.1
-    with pytest.raises(ValueError, match="unknown keys \\['dropuot'\\]"):
+    with pytest.raises(ValueError, match="unknown key.*unet.dropuot"):
         StageConfig.from_dict(d)
     save_stage(Stage(preset("tiny-base32", text_embed_dim=8)), tmp_path / "s")
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from suti import diffusion as D
@@ -57,8 +58,27 @@ def test_noise_aug_train_random_sample_fixed():
 
 
 def test_drop_masks_rates():
-    cfg = DiffusionConfig(text_drop_prob=0.1, context_drop_prob=0.1)
+    cfg = DiffusionConfig(text_drop_prob=0.1, context_drop_prob=0.15, joint_drop_prob=0.05)
     kt, kc = D.drop_masks(100000, cfg, "cpu", generator=torch.Generator().manual_seed(0))
-    assert math.isclose(float((~kt).float().mean()), 0.1, abs_tol=0.01)
-    assert math.isclose(float((kt & ~kc).float().mean()), 0.1, abs_tol=0.01)  # context alone
-    assert not bool((~kt & kc).any())  # dropped text always drops context too
+    assert math.isclose(float((~kt & kc).float().mean()), 0.1, abs_tol=0.01)  # text alone: "no_text"
+    assert math.isclose(float((kt & ~kc).float().mean()), 0.15, abs_tol=0.01)  # context alone: "no_context"
+    assert math.isclose(float((~kt & ~kc).float().mean()), 0.05, abs_tol=0.01)  # both: "uncond"
+    assert math.isclose(float((kt & kc).float().mean()), 0.7, abs_tol=0.01)
+    # without context only text is dropped, at text_drop_prob (Imagen's CFG dropout)
+    kt, kc = D.drop_masks(100000, cfg, "cpu", generator=torch.Generator().manual_seed(0), has_context=False)
+    assert math.isclose(float((~kt).float().mean()), 0.1, abs_tol=0.01) and bool(kc.all())
+
+
+@pytest.mark.parametrize("mode", ["text", "context", "joint", "interleaved"])
+@pytest.mark.parametrize("has_context", [True, False])
+def test_every_branch_guidance_uses_is_trained(mode, has_context):
+    from suti.sampling import Guidance
+
+    cfg = DiffusionConfig()  # the defaults every preset uses
+    used = Guidance(scale=3.0, context_scale=2.0, mode=mode).branches_used(50, has_context)
+    assert used and used <= D.trained_branches(cfg, has_context), (mode, used, D.trained_branches(cfg, has_context))
+
+
+def test_drop_probabilities_must_fit_in_one_row():
+    with pytest.raises(ValueError, match="exceeds 1"):
+        DiffusionConfig(text_drop_prob=0.5, context_drop_prob=0.4, joint_drop_prob=0.2)

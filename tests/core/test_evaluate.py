@@ -51,3 +51,40 @@ def test_evaluate_scores_real_subject(tmp_path, tiny_text_encoder):
     assert "<teapot>" in pipe.token_embeddings
     with pytest.raises(ValueError, match="method"):
         evaluate(pipe, root, clip, method="imagic")
+
+
+def test_cli_refuses_an_unverified_clip_scorer_unless_allowed(tmp_path, tiny_text_encoder, capsys):
+    """A randomly initialised CLIP scored CLIP-I 0.92 beside the paper's 0.819 with no warning."""
+    from retrieval import Embedder
+
+    from suti.cli import main
+    from suti.evaluate import clip_scorer_status
+
+    root = tmp_path / "bench"
+    (root / "teapot").mkdir(parents=True)
+    (root / "prompts_and_classes.txt").write_text(
+        "Classes\nsubject_name,class\nteapot,teapot\n\nObject Prompts\n"
+        "prompt_list = [\n'a {0} {1} in the jungle'.format(unique_token, class_token),\n]\n")
+    for i, rgb in enumerate([(200, 40, 40), (190, 50, 45)]):
+        Image.new("RGB", (48, 40), rgb).save(root / "teapot" / f"{i:02d}.jpg")
+    torch.manual_seed(0)
+    clip = Embedder.from_config({"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                 "patch_size": 8, "head_width": 16},
+                                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                              "layers": 1}}, name="tiny-eval-cli")
+    clip_dir = clip.save_pretrained(tmp_path / "clip")
+    pipe = new_pipeline(tiny_text_encoder, [preset("tiny-base32", text_embed_dim=tiny_text_encoder.dim, context=True,
+                                                   stage_name="base")])
+    pipe.save_pretrained(tmp_path / "ckpt")
+    argv = ["evaluate", "--model", str(tmp_path / "ckpt"), "--dreambench", str(root), "--clip",
+            f"local-dir:{clip_dir}", "--steps", "1", "--out", str(tmp_path / "eval.json")]
+    assert main(argv) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("suti evaluate:")]
+    assert len(err) == 1 and "random or untrained weights" in err[0] and "--allow-unverified-scorer" in err[0]
+    assert not (tmp_path / "eval.json").exists()
+    assert main(argv + ["--allow-unverified-scorer"]) == 0
+    assert "not comparable with the paper" in capsys.readouterr().err
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert res["scorer"]["clip_known_pretrained"] is False and res["scorer"]["comparable_with_paper"] is False
+    assert res["subjects"]["teapot"]["prompts"] == 1
+    assert clip_scorer_status("ViT-B-32:openai")[0] and not clip_scorer_status("ViT-B-32:my-weights")[0]

@@ -114,6 +114,17 @@ def test_guidance_plans():
     assert Guidance(mode="joint").plan(0, True)[0] == "uncond"
     assert Guidance(mode="text").plan(0, False)[0] == "uncond"  # plain CFG without exemplars
     assert Guidance(scale=1.0).plan(0, True)[0] is None
+    assert Guidance(mode="text", scale=1.0, context_scale=3.0).plan(0, True)[0] is None
+
+
+def test_context_guidance_applies_when_text_scale_is_one():
+    """`--guidance 1 --context-guidance 3`: the context-guided steps are guided, the text-guided ones not."""
+    g = Guidance(scale=1.0, context_scale=3.0, mode="context")
+    assert g.plan(0, True) == ("no_context", 3.0)
+    g = Guidance(scale=1.0, context_scale=3.0, mode="interleaved", text_ratio=0.5)
+    plans = [g.plan(i, True) for i in range(4)]
+    assert plans.count(("no_context", 3.0)) == 2 and plans.count((None, 1.0)) == 2
+    assert Guidance(scale=1.0, context_scale=3.0, mode="context").plan(0, False) == (None, 1.0)  # no exemplars
     with pytest.raises(ValueError):
         Guidance(mode="bogus")
 
@@ -125,3 +136,34 @@ def test_guidance_scale_changes_output():
     a = st.sample(te, tm, steps=2, noise=x_T, guidance=Guidance(scale=1.0), threshold="none")
     b = st.sample(te, tm, steps=2, noise=x_T, guidance=Guidance(scale=8.0), threshold="none")
     assert not torch.allclose(a, b)
+
+
+def test_cascade_callback_reports_every_step_and_can_stop_sampling():
+    from suti.cascade import Cascade
+
+    cascade = Cascade([_stage()])
+    te, tm = torch.randn(1, 4, 16), torch.ones(1, 4, dtype=torch.bool)
+    seen = []
+    cascade.sample(te, tm, steps=3, callback=lambda name, step, steps: seen.append((name, step, steps)))
+    name = cascade.names[0]
+    assert seen == [(name, 0, 3), (name, 1, 3), (name, 2, 3)]
+
+    class Stop(Exception):
+        pass
+
+    def stop(name, step, steps):
+        raise Stop
+
+    with pytest.raises(Stop):
+        cascade.sample(te, tm, steps=3, callback=stop)
+
+
+def test_eps_stage_starts_where_its_x0_estimate_is_well_conditioned():
+    from suti import diffusion as D
+    from suti.config import DiffusionConfig
+
+    v, eps = DiffusionConfig(prediction="v"), DiffusionConfig(prediction="eps")
+    assert v.sampling_logsnr_min == -20.0 and eps.sampling_logsnr_min == -10.0
+    t = D.cosine_t_from_logsnr(-10.0)
+    assert abs(float(D.cosine_logsnr(torch.tensor([t]))) + 10.0) < 1e-3
+    assert DiffusionConfig(prediction="eps", sample_logsnr_min=-15.0).sampling_logsnr_min == -15.0

@@ -1,4 +1,9 @@
-"""SuTI learns to read its exemplars: the target colour is only in the exemplars, never in the prompt."""
+"""SuTI learns to read its exemplars: the target colour is only in the exemplars, never in the prompt.
+
+A copy task (the target is the exemplars' colour). The default run covers held-out exemplar colours with
+a new-context target in tests/core/test_guidance_learning.py; this longer one also checks the dropped path.
+"""
+import pytest
 import torch
 
 from suti.cascade import Stage
@@ -38,6 +43,7 @@ def _batch(colours, text, g):
                              torch.ones(n, K, dtype=torch.bool))
 
 
+@pytest.mark.slow
 def test_suti_copies_held_out_exemplar_colours(tiny_text_encoder):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

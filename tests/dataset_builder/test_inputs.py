@@ -33,7 +33,7 @@ def test_webdataset_brace_pattern_and_truncated_shard(planted, tmp_path):
     cut.write_bytes(data[: len(data) // 2 + 100])
     recs, counts = _records({"type": "webdataset", "path": str(cut)})
     assert 0 < len(recs) < len(planted["rows"]) // 3 + 1
-    assert counts["read.errors.tar_unreadable"] == 1
+    assert counts["read.errors.tar_truncated"] == 1 and counts["read.dropped.tar_truncated"] == 1
 
 
 def test_parquet_manifest_with_bytes_and_paths(tmp_path):

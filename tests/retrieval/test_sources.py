@@ -44,10 +44,11 @@ def test_truncated_inside_an_image_member(good_shard, tmp_path):
     path.write_bytes(raw[:start + 50])
     samples = list(ShardReader(path))
     assert [s.key for s in samples] == ["k0", "k1", "k2"]
-    assert samples[2].error == (f"shard is truncated inside member k2.jpg: the member needs "
+    assert samples[2].error == (f"shard is truncated inside member k2.jpg: it needs "
                                 f"{tarfile.open(good_shard).getmember('k2.jpg').size} bytes from byte {start} "
-                                f"but the shard ends at byte {start + 50}")
-    assert samples[2].location["member"] == "k2.jpg" and samples[1].error is None
+                                f"but the file ends at byte {start + 50}, after 2 samples; sample 'k2' dropped; the rest of the "
+                                "shard is lost")
+    assert samples[2].location["path"] == str(path) and samples[1].error is None
 
 
 def test_corrupt_header_in_the_middle_is_not_a_silent_end(good_shard, tmp_path):
@@ -57,8 +58,11 @@ def test_corrupt_header_in_the_middle_is_not_a_silent_end(good_shard, tmp_path):
     path = tmp_path / "corrupt.tar"
     path.write_bytes(bytes(raw))
     errors = _errors(path)
-    assert errors == [("corrupt.tar:<rest>", f"invalid or truncated tar header at byte {header}; "
-                                             f"{len(raw) - header} bytes were not read (corrupt shard)")]
+    skipped = tarfile.open(good_shard).getmember("k3.txt").offset - header
+    # Reading resumes at k3's next member: the damaged stretch is reported, and k3 has no image left.
+    assert errors == [("corrupt.tar:<corrupt>", f"{skipped} bytes from byte {header} are not valid tar headers "
+                                                "(bad checksum or zeroed block); the members inside them are lost"),
+                      ("k3", "no image member (found: ['json', 'txt'])")]
 
 
 def test_compressed_and_clean_shards_have_no_errors(good_shard, tmp_path):

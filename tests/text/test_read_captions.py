@@ -79,7 +79,7 @@ def test_icl_shard_reads_target_and_exemplar_captions(tmp_path):
             members[f"{key}.ex{k}.jpg"] = b"img"
             members[f"{key}.ex{k}.txt"] = f"photo {k} of a dog".encode()
         members[f"{key}.json"] = json.dumps({"cluster_id": "cluster7", "k": 3}).encode()
-    members["cluster7_0000.notes.txt"] = b"not a caption"
+    members["cluster7_0001.notes.txt"] = b"not a caption"  # last key: adjacent to its sample (not a duplicate)
     members["cluster7_0001.ex2.txt"] = b"\xff\xfe bad utf8"  # overrides the good ex2 caption above
     write_shard(tmp_path / "icl-000000.tar", members)
     report = Counter()

@@ -215,9 +215,12 @@ def test_truncated_shard_is_reported(tmp_path):
     path = write_tar(tmp_path / "t.tar", members)
     data = path.read_bytes()
     path.write_bytes(data[:6800])  # 512-byte header + 512-byte data per member: cut inside record 002
-    # 8 raw records: the readable head of the shard, then again from the next epoch.
+    # 8 raw records: the readable head of the shard (000, 001, and 002 whose png was read whole before the
+    # tear, without its caption), then again from the next epoch.
     (b,) = _all(BatchStream([str(path)], "text_to_image", 8, batch_size=8, shuffle=False), 1)
-    assert b["keys"] == ["000", "001", "000", "001", "000", "001", "000", "001"]
-    assert sum("truncated" in r and "after 2 records" in r for _, r in b["skipped"]) == 3, b["skipped"]
-    # (3, not 4: the 4th epoch's error surfaces only when a 9th record is pulled, for the next batch)
+    assert b["keys"] == ["000", "001", "000", "001", "000", "001"]
+    assert sum(k.startswith(str(path)) and r.startswith("truncated (") and "after 3 samples" in r
+               for k, r in b["skipped"]) == 2, b["skipped"]
+    assert sum(k.endswith(":002") and "no caption" in r for k, r in b["skipped"]) == 2, b["skipped"]
+    # (2 tears, not 3: the 3rd epoch's error surfaces only when a 9th record is pulled, for the next batch)
     assert torch.isfinite(b["images"]).all()
