@@ -79,8 +79,11 @@ class Guidance:
             elif self.mode == "joint":
                 ref, w = "uncond", self.scale
             else:
-                # Interleaved: spread the text-guided steps evenly (Bresenham) so the ratio holds at any step count.
-                text_step = int((step + 1) * self.text_ratio) > int(step * self.text_ratio)
+                # Interleaved: spread the text-guided steps evenly (Bresenham) so the ratio holds at any step
+                # count, starting with a text step: the layout the prompt asks for forms in the first, noisiest
+                # steps, the subject's look in the later ones.
+                r = self.text_ratio
+                text_step = int((step + 1) * r + 1 - r) > int(step * r + 1 - r)
                 ref, w = ("no_text", self.scale) if text_step else ("no_context", ctx_scale)
         return (None, 1.0) if w == 1.0 else (ref, w)
 
@@ -172,7 +175,9 @@ def ddpm_sample(denoise: Denoiser, x_T: torch.Tensor, steps: int = 250, **kw) ->
     return ddim_sample(denoise, x_T, steps, eta=1.0, **kw)
 
 
-SAMPLERS = {"ddim": ddim_sample, "ddpm": ddpm_sample}
+from .multistep import dpmpp_2m_sample, unipc_sample  # noqa: E402  (multistep imports this module lazily)
+
+SAMPLERS = {"ddim": ddim_sample, "ddpm": ddpm_sample, "dpmpp_2m": dpmpp_2m_sample, "unipc": unipc_sample}
 
 
 def get_sampler(name: str):

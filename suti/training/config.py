@@ -79,7 +79,7 @@ class SampleSpec:
     num_held: int = 4  # held-out batch rows for SR (low-res input) and in-context (exemplars) grids
     steps: int = 25
     guidance: float = 5.0
-    guidance_mode: str = "text"
+    guidance_mode: str = "interleaved"  # what generation uses: interleaved with exemplars, plain CFG without
     per_prompt: int = 1
     seed: int = 0
     threshold: str = "dynamic"

@@ -1,19 +1,22 @@
 """Guidance learning test: the prompt and the exemplars each decide something different.
 
 The exemplars show a subject (a block of one colour); the prompt says where the target puts it ("on the
-left" / "on the right"). The target is the exemplars' colour at the prompt's side, so the model must read the
-colour from the exemplars and the position from the text: not a copy task. As with web photos, copying is
-tempting: in training the exemplars sit on the target's side 80% of the time. At test time every exemplar
-sits on the other side, so copying the exemplars and following the prompt disagree.
+left" / "on the right"). The target is the exemplars' colour at the prompt's side, so the model must read
+the colour from the exemplars and the position from the text: not a copy task.
 
-A tiny SuTI stage is trained with the default drop scheme (text alone, context alone and both dropped), then
-sampled on held-out colours in every guidance mode. Asserted with margins:
-- text guidance improves text fidelity (the block on the prompt's side) over no guidance;
-- context guidance improves subject fidelity (the block in the exemplars' colour) over no guidance;
+As on the web, both conditions are noisy in training: a quarter of the targets sit on the side the prompt
+does not name (wrong alt text), and a quarter show another subject's colour (an impure cluster). The
+conditional model then draws the named side, and the exemplars' colour, about three times in four;
+guidance is what should make it follow its conditions. A tiny SuTI stage is trained with the default drop
+scheme (text alone, context alone and both dropped) and sampled on held-out colours in every guidance
+mode. Asserted with margins:
+- text guidance improves text fidelity (the share of samples on the named side) over no guidance;
+- context guidance improves subject fidelity (the share whose colour is nearest its own exemplars' colour);
 - interleaved guidance holds both.
 """
 import pytest
 import torch
+from colour_subjects import HELD_OUT, train_colours
 
 from suti.cascade import Stage
 from suti.config import DiffusionConfig, StageConfig, UNetConfig
@@ -21,8 +24,6 @@ from suti.context import Exemplars
 from suti.sampling import Guidance
 
 SIZE, K, BG = 16, 3, -0.9
-HELD_OUT = torch.tensor([[0.6, -0.4, -0.4], [-0.4, 0.5, -0.3], [-0.3, -0.4, 0.6],
-                         [0.5, 0.5, -0.5], [-0.5, 0.4, 0.5], [0.1, -0.5, 0.3]])
 ROWS, LEFT, RIGHT = slice(3, 13), slice(1, 7), slice(9, 15)
 
 
@@ -35,14 +36,7 @@ def _stage(text_dim, prediction="v"):
 
 
 def _train_colours(n, g):
-    """Uniform colours at least 0.2 (L-inf) from every held-out colour and 0.4 from the background."""
-    out = []
-    while len(out) < n:
-        c = torch.rand(n, 3, generator=g) * 2 - 1
-        far = (c[:, None] - HELD_OUT[None]).abs().amax(-1).min(1).values > 0.2
-        far &= (c - BG).abs().amax(-1) > 0.4
-        out.extend(c[far])
-    return torch.stack(out[:n])
+    return train_colours(n, g, avoid=BG)
 
 
 def _draw(colours, right):
@@ -53,13 +47,15 @@ def _draw(colours, right):
     return img
 
 
-def _batch(colours, right, texts, g, agree: float = 0.8):
-    """Targets at the prompt's side; each row's K exemplars on the target's side with probability ``agree``,
-    else on the other side; a little noise."""
+def _batch(colours, right, texts, g, noise: float = 0.25):
+    """Targets at the prompt's side in the exemplars' colour, each wrong with probability ``noise`` in
+    training (the other side; another colour); K exemplars each at a random side, with a little noise."""
     n = len(colours)
     (l_emb, l_mask), (r_emb, r_mask), (ex_emb, ex_mask) = texts
-    target = _draw(colours, right)
-    ex_side = torch.where(torch.rand(n, generator=g) < agree, right, ~right).repeat_interleave(K, 0)
+    target_right = torch.where(torch.rand(n, generator=g) < noise, ~right, right)
+    target_colours = torch.where((torch.rand(n, generator=g) < noise)[:, None], _train_colours(n, g), colours)
+    target = _draw(target_colours, target_right)
+    ex_side = torch.rand(n * K, generator=g) < 0.5
     ex = _draw(colours.repeat_interleave(K, 0), ex_side).reshape(n, K, 3, SIZE, SIZE)
     ex = (ex + 0.05 * torch.randn(ex.shape, generator=g)).clamp(-1, 1)
     emb = torch.where(right[:, None, None], r_emb, l_emb)
@@ -69,25 +65,21 @@ def _batch(colours, right, texts, g, agree: float = 0.8):
     return target, emb, mask, exemplars
 
 
-def _fidelity(images, right):
-    """Text fidelity: how much more the prompt's side shows the subject than the other side. Each half's
-    projection onto the subject's colour (1: the block, 0: background) is taken; the text margin is the own
-    side's minus the other side's, and ``right_side`` the share of samples where it is positive.
-    Subject fidelity: the colour of the prompt's side against the held-out colour (L1 error), and that error
-    over the mean error to the other held-out colours (chance: drawing another subject)."""
-    n = len(HELD_OUT)
-    colours = HELD_OUT.repeat(len(images) // n, 1)
+def _fidelity(images, right, colours):
+    """Text fidelity: the share of samples whose block is on the prompt's side (the half that looks more
+    like the subject's colour, by projection onto colour - background). Subject fidelity: the share whose
+    block colour is nearest its own held-out colour among all held-out colours, and the L1 colour error."""
     direction = colours - BG
     l_mean, r_mean = images[:, :, ROWS, LEFT].mean((2, 3)), images[:, :, ROWS, RIGHT].mean((2, 3))
     proj = lambda m: ((m - BG) * direction).sum(1) / (direction ** 2).sum(1)  # noqa: E731
     margin = torch.where(right, proj(r_mean) - proj(l_mean), proj(l_mean) - proj(r_mean))
-    region = torch.where(right[:, None], r_mean, l_mean)
-    err = (region - colours).abs().mean(1)
-    others = (region[:, None] - HELD_OUT[None]).abs().mean(-1)  # (N, n)
-    own = torch.arange(len(images)) % n
-    chance = (others.sum(1) - others[torch.arange(len(images)), own]) / (n - 1)
-    return {"text_margin": float(margin.mean()), "right_side": float((margin > 0).float().mean()),
-            "colour_err": float(err.mean()), "colour_vs_chance": float(err.mean() / chance.mean())}
+    drawn_right = proj(r_mean) > proj(l_mean)
+    region = torch.where(drawn_right[:, None], r_mean, l_mean)  # the block, wherever it was drawn
+    dists = (region[:, None] - HELD_OUT[None]).abs().mean(-1)
+    own = (colours[:, None] == HELD_OUT[None]).all(-1).float().argmax(1)
+    return {"right_side": float((margin > 0).float().mean()),
+            "own_colour": float((dists.argmin(1) == own).float().mean()),
+            "colour_err": float(dists[torch.arange(len(images)), own].mean())}
 
 
 def _train(tiny_text_encoder, steps, prediction="v", seed=0):
@@ -111,21 +103,21 @@ def _train(tiny_text_encoder, steps, prediction="v", seed=0):
     return stage.eval(), texts, losses
 
 
-def _sample_modes(stage, texts, modes, threshold="dynamic", steps=10):
+def _sample_modes(stage, texts, modes, threshold="dynamic", steps=10, seeds=3):
     n = len(HELD_OUT)
-    right = torch.arange(2 * n) >= n  # each held-out colour once on each side
-    # exemplars on the other side: following the prompt and copying the exemplars disagree
-    _, emb, mask, ex = _batch(HELD_OUT.repeat(2, 1), right, texts, torch.Generator().manual_seed(1), agree=0.0)
+    colours = HELD_OUT.repeat(2 * seeds, 1)
+    right = (torch.arange(len(colours)) // n) % 2 == 1  # each held-out colour on each side, `seeds` times
+    _, emb, mask, ex = _batch(colours, right, texts, torch.Generator().manual_seed(1), noise=0.0)
     out = {}
     for mode, scale in modes:
         images = stage.sample(emb, mask, exemplars=ex, guidance=Guidance(scale=scale, mode=mode), steps=steps,
                               threshold=threshold, generator=torch.Generator().manual_seed(2))
-        out[mode] = _fidelity(images, right)
+        out[mode] = _fidelity(images, right, colours)
         out[mode]["max_abs"] = float(images.abs().max())
     return out
 
 
-MODES = [("none", 1.0), ("text", 2.0), ("context", 2.0), ("joint", 2.0), ("interleaved", 2.0)]
+MODES = [("none", 1.0), ("text", 5.0), ("context", 5.0), ("joint", 5.0), ("interleaved", 5.0)]
 
 
 def test_every_guidance_mode_does_its_job(tiny_text_encoder):
@@ -134,28 +126,36 @@ def test_every_guidance_mode_does_its_job(tiny_text_encoder):
     res = _sample_modes(stage, texts, MODES)
     print(f"\nguidance learning: loss {first:.3f} -> {last:.3f}")
     for mode, r in res.items():
-        print(f"  {mode:12s} text: margin {r['text_margin']:.3f}, right side {r['right_side']:.0%}; "
-              f"subject: colour error {r['colour_err']:.3f} ({r['colour_vs_chance']:.2f} of chance)")
-    assert last < 0.5 * first, (first, last)
+        print(f"  {mode:12s} text fidelity (named side) {r['right_side']:.0%}; subject fidelity (own colour) "
+              f"{r['own_colour']:.0%}, colour error {r['colour_err']:.3f}")
+    assert last < 0.6 * first, (first, last)
     none, text, ctx, inter = res["none"], res["text"], res["context"], res["interleaved"]
     # text guidance improves text fidelity over no guidance
-    assert text["text_margin"] > 1.1 * none["text_margin"] and text["right_side"] >= 0.9, res
-    # context guidance improves subject fidelity over no guidance (a lower colour error)
-    assert ctx["colour_err"] < 0.8 * none["colour_err"], res
+    assert text["right_side"] >= none["right_side"] + 0.15, res
+    # context guidance improves subject fidelity over no guidance
+    assert ctx["own_colour"] >= none["own_colour"] + 0.2 and ctx["colour_err"] < 0.7 * none["colour_err"], res
     # interleaved holds both
-    assert inter["text_margin"] > 1.05 * none["text_margin"] and inter["right_side"] >= 0.9, res
-    assert inter["colour_err"] < 0.8 * none["colour_err"], res
-    # every guided mode draws the held-out subject, not another one
-    for mode in ("text", "context", "joint", "interleaved"):
-        assert res[mode]["colour_vs_chance"] < 0.5, (mode, res[mode])
+    assert inter["right_side"] >= none["right_side"] + 0.1, res
+    assert inter["own_colour"] >= none["own_colour"] + 0.1, res
 
 
 @pytest.mark.slow
 def test_eps_prediction_samples_correctly(tiny_text_encoder):
-    """eps-prediction trains and samples: without thresholding the first step does not explode."""
+    """eps-prediction trains and samples without thresholding: the sampler starts at log-SNR -10, where the
+    x0 estimate (x - sigma eps) / alpha is well conditioned, and the samples follow both conditions."""
+    import dataclasses
+
     stage, texts, losses = _train(tiny_text_encoder, steps=300, prediction="eps")
-    res = _sample_modes(stage, texts, [("none", 1.0), ("interleaved", 3.0)], threshold="none")
-    print(f"\neps: loss {sum(losses[:30]) / 30:.3f} -> {sum(losses[-30:]) / 30:.3f}; {res}")
+    first, last = sum(losses[:30]) / 30, sum(losses[-30:]) / 30
+    res = _sample_modes(stage, texts, [("none", 1.0), ("interleaved", 5.0)], threshold="none")
+    # for comparison: the same model started at the schedule's log-SNR -20 (alpha 4.5e-5)
+    cfg = stage.config.diffusion
+    stage.config.diffusion = dataclasses.replace(cfg, sample_logsnr_min=cfg.logsnr_min)
+    old = _sample_modes(stage, texts, [("none", 1.0)], threshold="none")["none"]
+    stage.config.diffusion = cfg
+    print(f"\neps: loss {first:.3f} -> {last:.3f}; from log-SNR -10: {res}; from -20: {old}")
+    assert last < 0.6 * first, (first, last)
     for mode, r in res.items():
         assert r["max_abs"] < 1.5, (mode, r)
-        assert r["right_side"] >= 0.9 and r["colour_vs_chance"] < 0.5, (mode, r)
+    assert res["none"]["right_side"] >= 0.6 and res["none"]["own_colour"] >= 0.3, res
+    assert res["interleaved"]["right_side"] >= 0.75 and res["interleaved"]["own_colour"] >= 0.5, res

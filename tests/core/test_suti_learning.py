@@ -5,6 +5,7 @@ a new-context target in tests/core/test_guidance_learning.py; this longer one al
 """
 import pytest
 import torch
+from colour_subjects import HELD_OUT, train_colours
 
 from suti.cascade import Stage
 from suti.config import DiffusionConfig, StageConfig, UNetConfig
@@ -12,8 +13,6 @@ from suti.context import Exemplars
 from suti.sampling import Guidance
 
 SIZE, K = 16, 3
-HELD_OUT = torch.tensor([[0.6, -0.4, -0.4], [-0.4, 0.5, -0.3], [-0.3, -0.4, 0.6],
-                         [0.5, 0.5, -0.5], [-0.5, 0.4, 0.5], [0.1, -0.5, 0.3]])
 
 
 def _stage(text_dim):
@@ -25,13 +24,7 @@ def _stage(text_dim):
 
 
 def _train_colours(n, g):
-    """Uniform colours, rejecting any within 0.2 (L-inf) of a held-out colour."""
-    out = []
-    while len(out) < n:
-        c = torch.rand(n, 3, generator=g) * 2 - 1
-        far = (c[:, None] - HELD_OUT[None]).abs().amax(-1).min(1).values > 0.2
-        out.extend(c[far])
-    return torch.stack(out[:n])
+    return train_colours(n, g)
 
 
 def _batch(colours, text, g):

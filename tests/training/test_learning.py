@@ -23,11 +23,11 @@ THREE = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 220)}
 FOUR = {**THREE, "yellow": (230, 210, 30)}
 
 
-def _margins(stage, text, colours: dict, guidance: float, steps: int = 10) -> list[dict]:
+def _margins(stage, text, colours: dict, guidance: float, steps: int = 10, threshold: str = "dynamic") -> list[dict]:
     names = list(colours)
     prompts = [f"a {c} square" for c in names for _ in range(2)]
     emb, mask = text(prompts, "cpu")
-    images = stage.sample(emb, mask, guidance=Guidance(scale=guidance), steps=steps,
+    images = stage.sample(emb, mask, guidance=Guidance(scale=guidance), steps=steps, threshold=threshold,
                           generator=torch.Generator().manual_seed(0))
     means = ((images.double().mean(dim=(2, 3)) + 1) * 127.5).numpy()
     targets = np.array([colours[c] for c in names], dtype=np.float64)
@@ -38,16 +38,17 @@ def _margins(stage, text, colours: dict, guidance: float, steps: int = 10) -> li
         wrong = np.delete(dist, own)
         report.append({"prompt": prompt, "guidance": guidance, "mean_rgb": means[i].round(1).tolist(),
                        "closest": names[int(dist.argmin())], "err_right": float(dist[own]),
-                       "err_nearest_wrong": float(wrong.min()), "margin": float(wrong.min() / dist[own])})
+                       "err_nearest_wrong": float(wrong.min()), "margin": float(wrong.min() / dist[own]),
+                       "max_abs": float(images[i].abs().max())})
     return report
 
 
 def _train_and_measure(tmp_path, tiny_t5, colours: dict, steps: int, guidance: float, batch_size: int = 8,
-                       lr: float = 3e-3, seed: int = 0) -> dict:
+                       lr: float = 3e-3, seed: int = 0, prediction: str = "v", threshold: str = "dynamic") -> dict:
     data = colour_folder(tmp_path / "data", colours, size=(32, 32))
     cfg = TrainConfig.from_dict({
         "output_dir": str(tmp_path / "run"),
-        "stage": {"preset": "tiny-base32"},
+        "stage": {"preset": "tiny-base32", "prediction": prediction},
         "text": {"encoder": tiny_t5, "max_length": 8},
         "data": {"sources": [str(data)]},
         "optim": {"lr": lr, "warmup_steps": 20},
@@ -61,8 +62,8 @@ def _train_and_measure(tmp_path, tiny_t5, colours: dict, steps: int, guidance: f
     losses = np.array(trainer.losses)
     stage = load_stage(result["export_dir"])  # the exported EMA stage folder
     summary = {"first50_loss": float(losses[:50].mean()), "last50_loss": float(losses[-50:].mean()),
-               "guided": _margins(stage, trainer.text, colours, guidance),
-               "unguided": _margins(stage, trainer.text, colours, 1.0)}
+               "guided": _margins(stage, trainer.text, colours, guidance, threshold=threshold),
+               "unguided": _margins(stage, trainer.text, colours, 1.0, threshold=threshold)}
     print(f"\nlearning test ({len(colours)} colours, {steps} steps of batch {batch_size}): loss first-50 mean "
           f"{summary['first50_loss']:.4f}, last-50 mean {summary['last50_loss']:.4f}")
     for kind in ("guided", "unguided"):
@@ -86,6 +87,16 @@ def test_tiny_base_learns_colour_captions(tmp_path, tiny_t5):
     _check(s["guided"], min_margin=3.0)
     _check(s["unguided"], min_margin=3.0)
     assert s["last50_loss"] < 0.5 * s["first50_loss"], s
+
+
+def test_eps_prediction_learns_and_samples_without_thresholding(tmp_path, tiny_t5):
+    """eps-prediction: the same 3 colours, sampled with no thresholding at all. Sampling starts at log-SNR
+    -10 for eps (not the schedule's -20, where x0 = (x - sigma eps) / alpha divides by 4.5e-5)."""
+    s = _train_and_measure(tmp_path, tiny_t5, THREE, steps=200, guidance=3.0, prediction="eps", threshold="none")
+    _check(s["guided"], min_margin=3.0)
+    _check(s["unguided"], min_margin=3.0)
+    assert s["last50_loss"] < 0.5 * s["first50_loss"], s
+    assert max(r["max_abs"] for r in s["guided"] + s["unguided"]) < 1.5, s
 
 
 @pytest.mark.slow
