@@ -4,21 +4,31 @@ Measures, with 50 DDIM steps, guidance on and K=3 exemplars:
 - sampling time of SuTI with the exemplar cache / plain text-to-image (``cached_ratio``, goal <= 1.10);
 - the same without the cache (``uncached_ratio``: exemplars re-encoded and re-projected at every step; the
   guidance branches of a step share one batched model call);
-- time to the first personalised image: SuTI (encode + sample) vs DreamBooth (400 fine-tuning steps
-  + prior images + sample) vs Textual Inversion (its default 1000 steps + sample), on the same base, each
-  baseline with its library defaults otherwise (recorded in the JSON);
+- time to the first personalised image: SuTI (encode + sample) vs DreamBooth (fine-tuning + class-prior
+  images + sample) vs Textual Inversion (embedding optimisation + sample), on the same base, each baseline
+  with its library defaults (DreamBoothConfig, TextualInversionConfig; recorded in the JSON) unless
+  ``--dreambooth-steps`` / ``--ti-steps`` are given. The three run interleaved, ``--baseline-repeats``
+  rounds, and the medians are reported;
 - bytes stored per subject for each method.
 
+OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set; recorded in the JSON): spinning
+waits made a loaded machine about 10x slower.
+
     python benchmarks/context.py [--preset tiny-base64] [--out benchmarks/results/context.json]
+    python benchmarks/context.py --quick        # smoke run (a minute): checks the script, measures nothing
 """
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP runtime
 
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +36,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from suti.images import open_image, to_rgb
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from retrieval.atomic import atomic_write_json  # noqa: E402
+from suti.images import open_image, to_rgb  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "context.json"
 DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "dreambench"
@@ -44,16 +56,6 @@ def subject_images(n: int = 3):
     return [Image.new("RGB", (256, 256), (30 * i, 120, 200)) for i in range(n)]  # no shared/ checkout
 
 
-def timed(fn, repeats: int):
-    times = []
-    out = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="tiny-base64")
@@ -62,12 +64,21 @@ def main(argv=None):
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--guidance-mode", default="interleaved", choices=["text", "context", "joint", "interleaved"])
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--dreambooth-steps", type=int, default=400)
-    ap.add_argument("--ti-steps", type=int, default=1000, help="Textual Inversion steps (its default)")
+    ap.add_argument("--baseline-repeats", type=int, default=3,
+                    help="interleaved rounds of time-to-first-image for SuTI, DreamBooth and Textual Inversion")
+    ap.add_argument("--dreambooth-steps", type=int, default=None, help="default: DreamBoothConfig's")
+    ap.add_argument("--ti-steps", type=int, default=None, help="default: TextualInversionConfig's")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: tiny-base32, 3 sampling steps, 1 round, 2 fine-tuning steps, 2 prior images; "
+                         "writes context_quick.json unless --out is given")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.preset, args.steps, args.repeats, args.baseline_repeats = "tiny-base32", 3, 1, 1
+        args.dreambooth_steps, args.ti_steps = args.dreambooth_steps or 2, args.ti_steps or 2
+    args.out = args.out or str(OUT.with_name("context_quick.json") if args.quick else OUT)
     torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
@@ -114,32 +125,49 @@ def main(argv=None):
     # Ratios within each round (the variants ran back to back), then the median over rounds: load on
     # this shared machine drifts between rounds far more than within one.
     paired = lambda k: statistics.median(a / b for a, b in zip(times[k], times["t2i"]))  # noqa: E731
-    # Time to first personalised image for SuTI: from the photo files, decoding included.
-    first_s, _ = timed(lambda: suti(prompt, subject_images=images, **subject_kw, **common), 1)
-
+    # Time to the first personalised image, each method from the photo files with its library defaults. The
+    # three run interleaved, round after round, so a change of load on the machine hits them alike.
+    db_kw = {} if args.dreambooth_steps is None else {"steps": args.dreambooth_steps}
+    ti_kw = {} if args.ti_steps is None else {"steps": args.ti_steps}
+    if args.quick:
+        db_kw["num_prior_images"] = 2
+    db_cfg, ti_cfg = DreamBoothConfig(**db_kw), TextualInversionConfig(**ti_kw)
+    first = {"suti": [], "dreambooth": [], "textual_inversion": []}
+    db_bytes = ti_bytes = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        t0 = time.perf_counter()
-        db_cfg = DreamBoothConfig(steps=args.dreambooth_steps, prior_sampling_steps=args.steps)
-        db = dreambooth(t2i, images, "dog", db_cfg)
-        db.pipe(db.prompt("{subject} on the beach"), **common)
-        db_s = time.perf_counter() - t0
-        db_bytes = folder_bytes(db.save_pretrained(tmp / "dreambooth"))
+        for _ in range(args.baseline_repeats):
+            t0 = time.perf_counter()
+            suti(prompt, subject_images=images, **subject_kw, **common)
+            sync()
+            first["suti"].append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
-        ti_cfg = TextualInversionConfig(steps=args.ti_steps)
-        ti = textual_inversion(t2i, images, "dog", ti_cfg)
-        t2i(f"a photo of {ti.token} on the beach", **common)
-        ti_s = time.perf_counter() - t0
-        ti_bytes = folder_bytes(ti.save(tmp / "ti.safetensors"))
+            t0 = time.perf_counter()
+            db = dreambooth(t2i, images, "dog", db_cfg)
+            db.pipe(db.prompt("{subject} on the beach"), **common)
+            sync()
+            first["dreambooth"].append(time.perf_counter() - t0)
+            db_bytes = folder_bytes(db.save_pretrained(tmp / "dreambooth"))
+            del db
+
+            t0 = time.perf_counter()
+            ti = textual_inversion(t2i, images, "dog", ti_cfg)
+            t2i(f"a photo of {ti.token} on the beach", **common)
+            sync()
+            first["textual_inversion"].append(time.perf_counter() - t0)
+            ti_bytes = folder_bytes(ti.save(tmp / "ti.safetensors"))
+            t2i.token_embeddings.pop(ti.token, None)  # the next round learns the token afresh
+    first_s, db_s, ti_s = (statistics.median(first[k]) for k in ("suti", "dreambooth", "textual_inversion"))
 
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-                    "torch": torch.__version__,
+                    "torch": torch.__version__, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                     "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"},
         "setup": {"preset": args.preset, "ddim_steps": args.steps, "k": args.k, "guidance": args.guidance,
                   "guidance_mode": args.guidance_mode, "repeats": args.repeats,
-                  "timing": "median seconds per call; ratios are the median of per-round ratios"},
+                  "baseline_repeats": args.baseline_repeats, "quick": args.quick,
+                  "timing": "median seconds per call; ratios are the median of per-round ratios; the three "
+                            "methods' time to first image ran interleaved, one round after another"},
         "param_growth": growth,
         "text_to_image_s": t2i_s,
         "suti_cached_s": cached_s,
@@ -155,17 +183,18 @@ def main(argv=None):
                      "note": "no per-subject training or stored weights; the user's own exemplar photos "
                              "(exemplar_bytes, which every method needs as input) are read at sampling time"},
             "dreambooth": {"seconds_to_first_image": db_s, "bytes_per_subject": db_bytes,
-                           "fine_tune_steps": args.dreambooth_steps, "config": dataclasses.asdict(db_cfg),
+                           "fine_tune_steps": db_cfg.steps, "config": dataclasses.asdict(db_cfg),
                            "note": "includes class-prior image generation and the first sample"},
             "textual_inversion": {"seconds_to_first_image": ti_s, "bytes_per_subject": ti_bytes,
-                                  "fine_tune_steps": args.ti_steps, "config": dataclasses.asdict(ti_cfg)},
+                                  "fine_tune_steps": ti_cfg.steps, "config": dataclasses.asdict(ti_cfg)},
         },
     }
     result["methods"]["dreambooth"]["ratio_to_suti"] = db_s / first_s
     result["methods"]["textual_inversion"]["ratio_to_suti"] = ti_s / first_s
     result["all_times_s"] = times
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    result["all_first_image_s"] = first
+    result["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -12,7 +12,7 @@ ap.add_argument("--model", default="runs/demo/t2i")
 ap.add_argument("--prompt", required=True)
 ap.add_argument("--steps", type=int, default=50)
 ap.add_argument("--guidance", type=float, default=5.0)
-ap.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+ap.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm", "dpmpp_2m", "unipc"])
 ap.add_argument("--out", default="samples.png")
 args = ap.parse_args()
 

@@ -80,6 +80,12 @@ def save_stage(stage: Stage, folder, state_dict: dict | None = None) -> Path:
     and config always come from the same save. Weights holding NaN or inf are refused: a diverged model
     is never written as if it were a result."""
     folder = Path(folder)
+    if getattr(stage.config, "kind", None) == "suti-if":  # DeepFloyd IF stage: its new layers, never IF's weights
+        from .if_backbone.files import save_if_stage
+
+        if state_dict is not None:
+            raise ValueError(f"stage {stage.name!r} is an IF stage: save the stage itself, not a state_dict")
+        return save_if_stage(stage, folder)
     weights = state_dict if state_dict is not None else stage.unet.state_dict()
     bad = non_finite_tensors(weights)
     if bad:
@@ -102,6 +108,13 @@ def load_stage_config(folder) -> StageConfig:
     if not isinstance(d, dict):
         raise ValueError(f"{path} is not a valid stage config: expected a mapping, got {type(d).__name__}")
     d = {k: v for k, v in d.items() if k != "format_version"}
+    if d.get("kind") == "suti-if":  # a DeepFloyd IF stage (suti.if_backbone)
+        from .if_backbone.stage import IFStageConfig
+
+        try:
+            return IFStageConfig.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} is not a valid SuTI-IF stage config: {e}") from e
     try:
         return StageConfig.from_dict(d)
     except (TypeError, ValueError) as e:
@@ -129,6 +142,10 @@ def load_weights_strict(module: torch.nn.Module, weights: dict[str, torch.Tensor
 
 def load_stage(folder, device="cpu", dtype: torch.dtype | None = None) -> Stage:
     folder = Path(folder)
+    if getattr(load_stage_config(folder), "kind", None) == "suti-if":  # onto its IF base, fingerprint checked
+        from .if_backbone.files import load_if_stage
+
+        return load_if_stage(folder, device, dtype)
     stage = Stage(load_stage_config(folder))
     load_weights_strict(stage.unet, load_tensors(folder / "model.safetensors"), folder / "model.safetensors",
                         folder / "config.json")

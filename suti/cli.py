@@ -9,6 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+# The names of suti.sampling.SAMPLERS, kept here so `suti --help` needs no torch import (a test checks they agree).
+SAMPLER_NAMES = ("ddim", "ddpm", "dpmpp_2m", "unipc")
+
 MIN_EXEMPLAR_SIDE = 8  # px: a smaller image shows no recognisable subject
 
 
@@ -213,7 +216,8 @@ def _sampling(p):
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
+                   help="ddim, ddpm, or the multistep dpmpp_2m / unipc (closer to many-step results at 20 steps)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic; ddpm uses 1)")
     p.add_argument("--threshold", choices=["dynamic", "static", "none"], default="dynamic",
                    help="x0 clipping: Imagen's dynamic thresholding (p=0.995), static [-1, 1], or none")

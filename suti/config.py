@@ -102,9 +102,10 @@ class UNetConfig:
         return any(self.context_attention) or self.middle_context_attention
 
 
-# eps-prediction's x0 estimate is (x - sigma eps) / alpha; at log-SNR -10 alpha is 6.7e-3, at -20 it is 4.5e-5.
-# x_T ~ N(0, I) is the marginal at either level to within 0.7% of the data's scale, so starting at -10 loses nothing.
-EPS_SAMPLE_LOGSNR_MIN = -10.0
+# eps-prediction's x0 estimate is (x - sigma eps) / alpha: the model's error times 1/alpha, which is 4.5e-5
+# at log-SNR -20. Samplers start eps stages at -5 (alpha 0.08; about where Stable Diffusion's schedule ends),
+# where x_T ~ N(0, I) still is the marginal to within a few percent of the data's scale.
+EPS_SAMPLE_LOGSNR_MIN = -5.0
 
 
 @dataclass
@@ -119,7 +120,7 @@ class DiffusionConfig:
     text_drop_prob: float = 0.1  # text dropped, context kept: the "no_text" branch of text/interleaved guidance
     context_drop_prob: float = 0.1  # context dropped, text kept: the "no_context" branch of context guidance
     joint_drop_prob: float = 0.1  # both dropped: the "uncond" branch of joint guidance
-    # Log-SNR the samplers start from. None: logsnr_min for v-prediction; for eps-prediction -10, because
+    # Log-SNR the samplers start from. None: logsnr_min for v-prediction; for eps-prediction -5, because
     # x0 = (x - sigma eps) / alpha multiplies the model's error by 1/alpha (22,000 at log-SNR -20).
     sample_logsnr_min: float | None = None
     exemplar_t: float = 0.0  # noise level the exemplars are encoded at (Re-Imagen/SuTI: clean, t=0)

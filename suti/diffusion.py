@@ -125,8 +125,24 @@ def cosine_t_from_logsnr(logsnr: float, logsnr_min: float = -20.0, logsnr_max: f
     return min(1.0, max(0.0, (math.atan(math.exp(-0.5 * logsnr)) - b) / a))
 
 
+def loss_weights(logsnr: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor | None:
+    """Per-row loss weights, or None for the plain mean.
+
+    v-prediction's loss is (1 + SNR) times the x0 error: every noise level counts. eps-prediction's is SNR
+    times the x0 error, so at low SNR, where the layout of a picture is decided, an x0 error barely counts
+    and the model never learns it; the x0 = (x - sigma eps) / alpha its samplers need is then wrong there.
+    eps rows are weighted by max(1, 1/SNR) ("truncated SNR", Salimans & Ho 2022): the x0 error counts at
+    least once at every level. The weight is capped where the samplers start (``sampling_logsnr_min``).
+    """
+    if cfg.prediction != "eps":
+        return None
+    cap = math.exp(-cfg.sampling_logsnr_min)
+    return torch.exp(-logsnr.float()).clamp(min=1.0, max=cap)
+
+
 def diffusion_loss(model_output, x0, noise, logsnr, cfg: DiffusionConfig) -> torch.Tensor:
     target = training_target(x0, noise, logsnr, cfg.prediction)
-    if cfg.loss == "l1":
-        return F.l1_loss(model_output.float(), target.float())
-    return F.mse_loss(model_output.float(), target.float())
+    diff = model_output.float() - target.float()
+    per_row = (diff.abs() if cfg.loss == "l1" else diff ** 2).flatten(1).mean(1)
+    w = loss_weights(logsnr, cfg)
+    return per_row.mean() if w is None else (w * per_row).mean() / w.mean()

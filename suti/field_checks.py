@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 
 __all__ = ["check_fields", "require", "is_int", "is_real"]
 
@@ -57,6 +58,8 @@ def check_fields(obj, where: str, error: type[Exception] = ValueError) -> None:
             pass
         elif "str" in kinds and isinstance(v, str):
             pass
+        elif "str" in kinds and isinstance(v, os.PathLike):  # paths given from Python: stored as text
+            setattr(obj, f.name, os.fspath(v))
         elif "tuple" in kinds and isinstance(v, (tuple, list)):
             setattr(obj, f.name, tuple(v))
         elif "list" in kinds and isinstance(v, (list, tuple)):

@@ -124,8 +124,9 @@ def schedule(logsnr_min: float = -20.0, logsnr_max: float = 20.0,
     return lambda tt: cosine_logsnr(tt, logsnr_min, logsnr_max)
 
 
-def _step(x, x0, t, s, logsnr_fn, eta: float, generator):
-    """One DDIM(eta) step from time t to s < t. eta=1 is DDPM ancestral sampling."""
+def _step(x, x0, t, s, logsnr_fn, eta: float, generator, noise_std: torch.Tensor | None = None):
+    """One DDIM(eta) step from time t to s < t. eta=1 is DDPM ancestral sampling. ``noise_std`` replaces the
+    posterior's standard deviation of the added noise (a model that predicts its own variance, as IF does)."""
     lt, ls = logsnr_fn(t), logsnr_fn(s)
     at, st = alpha_sigma(lt)
     as_, ss = alpha_sigma(ls)
@@ -138,16 +139,20 @@ def _step(x, x0, t, s, logsnr_fn, eta: float, generator):
     if eta == 0.0:
         return mean
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return mean + b(c2.sqrt()) * noise
+    std = b(c2.sqrt()) if noise_std is None else noise_std.to(x.dtype)
+    return mean + std * noise
 
 
 def ddim_sample(denoise: Denoiser, x_T: torch.Tensor, steps: int = 50, eta: float = 0.0, *,
                 threshold: str | None = "dynamic", percentile: float = 0.995, logsnr_min: float = -20.0,
                 logsnr_max: float = 20.0, generator: torch.Generator | None = None, progress=None,
                 callback: Callable | None = None, t_start: float = 1.0,
-                logsnr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                logsnr_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                noise_std_fn: Callable | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021) from x_T ~ N(0, I) at time ``t_start``. eta=0 is deterministic.
-    ``logsnr_fn`` replaces the cosine schedule (then ``logsnr_min``/``logsnr_max`` are unused)."""
+    ``logsnr_fn`` replaces the cosine schedule (then ``logsnr_min``/``logsnr_max`` are unused).
+    ``noise_std_fn(step, t, s)``, called after that step's denoise, may return the standard deviation of the
+    noise added on the way to ``s`` (a learned variance), or None for the posterior's."""
     logsnr_fn = schedule(logsnr_min, logsnr_max, logsnr_fn)
     ts = time_grid(steps, x_T.device, t_start)
     x = x_T
@@ -163,7 +168,8 @@ def ddim_sample(denoise: Denoiser, x_T: torch.Tensor, steps: int = 50, eta: floa
         if i == steps - 1:
             x = x0  # t -> 0: return the (thresholded) prediction itself
         else:
-            x = _step(x, x0, t, s, logsnr_fn, eta, generator)
+            std = None if noise_std_fn is None or eta == 0.0 else noise_std_fn(i, t, s)
+            x = _step(x, x0, t, s, logsnr_fn, eta, generator, noise_std=std)
         if callback is not None:
             callback(i, x, x0)
     return x

@@ -55,6 +55,7 @@ class DataSpec:
 
 @dataclass
 class OptimSpec:
+    name: str = "adamw"  # adamw, or adamw8bit (bitsandbytes' 8-bit AdamW, if installed)
     lr: float = 1e-4
     betas: tuple = (0.9, 0.99)
     eps: float = 1e-8
@@ -124,6 +125,8 @@ class TrainConfig:
             self.data.sources = [self.data.sources]
         if self.mixed_precision is False:  # YAML reads a bare `no` as false
             self.mixed_precision = "no"
+        if self.optim.name not in ("adamw", "adamw8bit"):
+            raise ValueError(f"training config: optim.name must be adamw or adamw8bit, got {self.optim.name!r}")
         if isinstance(self.optim.betas, list):
             self.optim.betas = tuple(self.optim.betas)
         check_fields(self, "training config")

@@ -202,10 +202,12 @@ def verify_checkpoint(folder: Path) -> dict:
     folder = Path(folder)
     st = read_trainer_state(folder)
     ranks = range(st.get("world_size", 1))
-    files = [folder / "model" / "model.safetensors", folder / "optimizer.safetensors",
+    # A stage folder's weights: model.safetensors, or context.safetensors for an IF stage (suti.if_backbone).
+    weights = lambda sub: sorted((folder / sub).glob("*.safetensors")) or [folder / sub / "model.safetensors"]  # noqa: E731
+    files = [*weights("model"), folder / "optimizer.safetensors",
              *(folder / f"rank-{r:05d}.safetensors" for r in ranks)]
     if st.get("ema"):
-        files.append(folder / "ema" / "model.safetensors")
+        files.extend(weights("ema"))
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing")

@@ -14,7 +14,6 @@ mode. Asserted with margins:
 - context guidance improves subject fidelity (the share whose colour is nearest its own exemplars' colour);
 - interleaved guidance holds both.
 """
-import pytest
 import torch
 from colour_subjects import HELD_OUT, train_colours
 
@@ -137,25 +136,3 @@ def test_every_guidance_mode_does_its_job(tiny_text_encoder):
     # interleaved holds both
     assert inter["right_side"] >= none["right_side"] + 0.1, res
     assert inter["own_colour"] >= none["own_colour"] + 0.1, res
-
-
-@pytest.mark.slow
-def test_eps_prediction_samples_correctly(tiny_text_encoder):
-    """eps-prediction trains and samples without thresholding: the sampler starts at log-SNR -10, where the
-    x0 estimate (x - sigma eps) / alpha is well conditioned, and the samples follow both conditions."""
-    import dataclasses
-
-    stage, texts, losses = _train(tiny_text_encoder, steps=300, prediction="eps")
-    first, last = sum(losses[:30]) / 30, sum(losses[-30:]) / 30
-    res = _sample_modes(stage, texts, [("none", 1.0), ("interleaved", 5.0)], threshold="none")
-    # for comparison: the same model started at the schedule's log-SNR -20 (alpha 4.5e-5)
-    cfg = stage.config.diffusion
-    stage.config.diffusion = dataclasses.replace(cfg, sample_logsnr_min=cfg.logsnr_min)
-    old = _sample_modes(stage, texts, [("none", 1.0)], threshold="none")["none"]
-    stage.config.diffusion = cfg
-    print(f"\neps: loss {first:.3f} -> {last:.3f}; from log-SNR -10: {res}; from -20: {old}")
-    assert last < 0.6 * first, (first, last)
-    for mode, r in res.items():
-        assert r["max_abs"] < 1.5, (mode, r)
-    assert res["none"]["right_side"] >= 0.6 and res["none"]["own_colour"] >= 0.3, res
-    assert res["interleaved"]["right_side"] >= 0.75 and res["interleaved"]["own_colour"] >= 0.5, res

@@ -163,7 +163,14 @@ def test_eps_stage_starts_where_its_x0_estimate_is_well_conditioned():
     from suti.config import DiffusionConfig
 
     v, eps = DiffusionConfig(prediction="v"), DiffusionConfig(prediction="eps")
-    assert v.sampling_logsnr_min == -20.0 and eps.sampling_logsnr_min == -10.0
-    t = D.cosine_t_from_logsnr(-10.0)
-    assert abs(float(D.cosine_logsnr(torch.tensor([t]))) + 10.0) < 1e-3
+    assert v.sampling_logsnr_min == -20.0 and eps.sampling_logsnr_min == -5.0
+    t = D.cosine_t_from_logsnr(-5.0)
+    assert abs(float(D.cosine_logsnr(torch.tensor([t]))) + 5.0) < 1e-3
     assert DiffusionConfig(prediction="eps", sample_logsnr_min=-15.0).sampling_logsnr_min == -15.0
+
+
+def test_cli_offers_every_sampler():
+    from suti.cli import SAMPLER_NAMES
+    from suti.sampling import SAMPLERS
+
+    assert tuple(SAMPLERS) == SAMPLER_NAMES

@@ -167,3 +167,13 @@ def test_every_config_that_passes_validation_builds_and_runs():
         assert out.shape == (2, 3, s, s)
         built += 1
     assert built >= 10 and refused >= 10  # both sides of the rule were exercised
+
+
+def test_path_objects_are_accepted_where_a_path_string_is():
+    from pathlib import Path
+
+    from suti.training import TrainConfig
+
+    cfg = TrainConfig.from_dict({"output_dir": Path("runs/x"), "stage": {"preset": "tiny-base32"},
+                                 "text": {"encoder": Path("t5")}, "data": {"sources": ["a.tar"]}})
+    assert cfg.text.encoder == "t5" and isinstance(cfg.output_dir, str)

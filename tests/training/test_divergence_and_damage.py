@@ -137,3 +137,30 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path, tiny_t5, c
         (ckpt / "optimizer.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="no usable checkpoint.*refusing to start over.*optimizer.safetensors"):
         Trainer(TrainConfig.from_dict(d))
+
+
+def test_eight_bit_adam_is_an_option_with_a_clear_error_without_bitsandbytes(monkeypatch):
+    import builtins
+
+    import pytest as _pytest
+
+    from suti.cascade import Stage
+    from suti.presets import preset
+    from suti.training import TrainConfig
+    from suti.training.trainer import build_optimizer
+
+    with _pytest.raises(ValueError, match="optim.name must be adamw or adamw8bit"):
+        TrainConfig.from_dict({"output_dir": "x", "stage": {"preset": "tiny-base32"}, "text": {"encoder": "t5"},
+                               "data": {"sources": ["a.tar"]}, "optim": {"name": "sgd"}})
+    cfg = TrainConfig.from_dict({"output_dir": "x", "stage": {"preset": "tiny-base32"}, "text": {"encoder": "t5"},
+                                 "data": {"sources": ["a.tar"]}, "optim": {"name": "adamw8bit"}})
+    real_import = builtins.__import__
+
+    def no_bnb(name, *a, **kw):
+        if name == "bitsandbytes":
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    with _pytest.raises(ValueError, match="needs bitsandbytes"):
+        build_optimizer(Stage(preset("tiny-base32", text_embed_dim=16)), cfg.optim)
