@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import train_config
+from training_helpers import train_config
 from safetensors.torch import load_file
 
 from suti.training import TrainConfig, Trainer, lr_at, step_generator

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 import yaml
-from conftest import train_config
+from training_helpers import train_config
 
 from suti.cli import main
 from suti.training import TrainConfig, Trainer

@@ -122,7 +122,7 @@ def test_in_context_stage_learns_colour_from_exemplars(tmp_path, tiny_t5):
     """In-context training works: captions never name the colour ("the subject as a circle"), only the
     exemplars (other shapes of that colour) show it. After training, sampling a circle with each colour's
     exemplars gives a circle of that colour. A 16 px stage, 1000 steps (about 2 minutes on one core)."""
-    from conftest import MICRO_STAGE
+    from training_helpers import MICRO_STAGE
     from training_helpers import draw_shape, icl_members, image_bytes, write_tar
 
     from suti.context import Exemplars

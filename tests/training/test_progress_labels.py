@@ -1,7 +1,7 @@
 """The training bar names the stage and the phase, and counts skipped samples and skipped steps apart."""
 import shutil
 
-from conftest import train_config
+from training_helpers import train_config
 from training_helpers import corrupt_jpeg
 
 from suti.training import TrainConfig, Trainer

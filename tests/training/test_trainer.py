@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import MICRO_STAGE, train_config
+from training_helpers import MICRO_STAGE, train_config
 from PIL import Image
 from safetensors.torch import load_file
 from training_helpers import COLOURS, icl_members, image_bytes, solid, write_tar

@@ -108,3 +108,33 @@ def draw_shape(shape: str, rgb, size: int = 32) -> Image.Image:
     else:
         d.polygon([(size // 2, m), (size - m, size - m), (m, size - m)], fill=rgb)
     return img
+
+
+# A very small stage (16 px, 2 levels) for tests that check mechanics, not image quality.
+MICRO_STAGE = {
+    "name": "base",
+    "unet": {"image_size": 16, "base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": [1, 1],
+             "self_attention": [False, True], "cross_attention": [False, True], "head_dim": 16,
+             "text_embed_dim": 64, "num_groups": 4},
+    "lowres_size": None,
+}
+
+
+def train_config(tmp_path, t5, source, **over):
+    """A TrainConfig dict for a short CPU run; ``over`` entries replace top-level keys or update sections."""
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "stage": {"config": MICRO_STAGE},
+        "text": {"encoder": t5, "max_length": 8},
+        "data": {"sources": [source]},
+        "optim": {"lr": 1e-3, "warmup_steps": 2},
+        "ema": {"decay": 0.9},
+        "sample": {"steps": 2, "guidance": 2.0, "num_held": 2},
+        "batch_size": 2, "steps": 4, "checkpoint_every": 1000, "log_every": 1, "progress": False,
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
