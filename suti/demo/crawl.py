@@ -288,25 +288,28 @@ def score_cluster_assignments(clusters: dict[str, Iterable[str]], truth: dict, m
 
 
 def read_builder_clusters(shards: Iterable[str | os.PathLike]) -> dict[str, list[str]]:
-    """cluster id -> source image URLs, from the builder's ICL shards (`{key}.json`: cluster_id, source_urls)."""
+    """cluster id -> source image URLs, from the builder's ICL shards (`{key}.json`: cluster_id, source_urls).
+    A damaged shard is an error naming it: scores over a partly read output would mislead."""
+    from retrieval.shards import iter_tar_samples
+
+    def fail(problem):
+        if problem.reason.startswith("member_") or problem.reason == "empty":
+            return  # directories, links, hidden members or an empty shard hold no samples to score
+        raise ValueError(f"cannot read builder shard {problem.shard}: {problem.reason} ({problem.detail})")
+
     clusters: dict[str, list[str]] = defaultdict(list)
     for shard in shards:
-        try:
-            with tarfile.open(shard, "r|*") as tar:
-                for member in tar:
-                    if not member.isfile() or not member.name.endswith(".json"):
-                        continue
-                    f = tar.extractfile(member)
-                    try:
-                        meta = json.loads(f.read().decode("utf-8"))
-                        cid, sources = meta["cluster_id"], meta["source_urls"]
-                    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise ValueError(f"{shard}: member {member.name} is not a builder sample json ({exc})") from exc
-                    for url in sources:
-                        if url not in clusters[cid]:
-                            clusters[cid].append(url)
-        except tarfile.TarError as exc:
-            raise ValueError(f"cannot read builder shard {shard}: {exc}") from exc
+        for sample in iter_tar_samples(shard, fail):
+            if "json" not in sample.members:
+                continue
+            try:
+                meta = json.loads(sample.members["json"].decode("utf-8"))
+                cid, sources = meta["cluster_id"], meta["source_urls"]
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{shard}: sample {sample.key} has no builder sample json ({exc})") from exc
+            for url in sources:
+                if url not in clusters[cid]:
+                    clusters[cid].append(url)
     return dict(clusters)
 
 

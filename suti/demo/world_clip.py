@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from retrieval.atomic import atomic_path, atomic_write_json
 from retrieval.embedder import CONFIG_FILE, WEIGHTS_FILE, Embedder
+from retrieval.shards import iter_tar_samples
 
 from .heldout import NUM_HELDOUT, heldout_subject, heldout_subjects
 from .world import SCENES, Context, prompt_for, render
@@ -55,15 +55,16 @@ def read_crawl_pairs(crawl_dir: str | os.PathLike) -> tuple[list[Image.Image], l
         raise FileNotFoundError(f"no .tar shards in crawl folder {crawl_dir}")
     images, captions, skipped = [], [], Counter()
     for shard in shards:
-        parts: dict[str, dict[str, bytes]] = {}
-        try:
-            with tarfile.open(shard, "r|*") as tar:
-                for member in tar:
-                    if member.isfile() and "." in member.name:
-                        key, ext = member.name.split(".", 1)
-                        parts.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        except tarfile.TarError as exc:
-            raise ValueError(f"cannot read crawl shard {shard}: {exc}") from exc
+        parts = {}
+
+        def fail(problem, shard=shard):
+            if problem.reason.startswith("member_") or problem.reason == "empty":
+                skipped[f"tar_{problem.reason}"] += 1
+                return
+            raise ValueError(f"cannot read crawl shard {shard}: {problem.reason} ({problem.detail})")
+
+        for sample in iter_tar_samples(shard, fail):
+            parts[sample.key] = sample.members
         for key, p in parts.items():
             caption = p.get("txt", b"").decode("utf-8", errors="replace").strip()
             if not caption:
