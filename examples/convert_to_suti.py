@@ -1,7 +1,7 @@
 """Convert a text-to-image checkpoint into a SuTI model: zero-initialised context attention at the
 lowest resolution and the middle block. Outputs are identical until the new layers are trained.
 
-    python examples/convert_to_suti.py --model runs/demo/t2i --out runs/demo/suti-init
+    python examples/convert_to_suti.py --model runs/e2e/t2i --out runs/e2e/suti-init
 """
 import argparse
 import json

@@ -4,7 +4,7 @@
   -> text-to-image pretraining of a base stage -> SuTI conversion -> in-context training
   -> subject-driven generation of a held-out subject from its photos, as a PNG grid, scored.
 
-    python examples/end_to_end.py --out runs/demo [--t2i-steps 300] [--icl-steps 600]
+    python examples/end_to_end.py --out runs/e2e [--t2i-steps 300] [--icl-steps 600]
 
 The corpus is the dataset builder's planted web corpus: shop pages each showing one subject from several
 views (plus ads, logos, junk news pages, tiny blog posts, corrupt files and URL spellings that must be
@@ -65,7 +65,7 @@ def train(cfg_dict: dict) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--out", default="runs/e2e")
     ap.add_argument("--subjects", type=int, default=11, help="training subjects (one more is held out; at most 11)")
     ap.add_argument("--t2i-steps", type=int, default=300)
     ap.add_argument("--icl-steps", type=int, default=600)

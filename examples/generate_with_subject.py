@@ -1,6 +1,6 @@
 """Subject-driven generation: 1-5 photos of a subject + a prompt -> new images, one sampling pass.
 
-    python examples/generate_with_subject.py --model runs/demo/suti \
+    python examples/generate_with_subject.py --model runs/e2e/suti \
         --subject ../shared/dreambench/dog/00.jpg ../shared/dreambench/dog/01.jpg ../shared/dreambench/dog/02.jpg \
         --subject-text "a photo of a dog" --prompt "a dog on the beach" --out dog_beach.png
 """
@@ -10,7 +10,7 @@ from suti.images import make_grid
 from suti.pipeline import SuTIPipeline
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--model", default="runs/demo/suti")
+ap.add_argument("--model", default="runs/e2e/suti")
 ap.add_argument("--subject", nargs="+", required=True)
 ap.add_argument("--subject-text", default="a photo")
 ap.add_argument("--prompt", required=True)

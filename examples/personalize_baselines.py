@@ -1,7 +1,7 @@
 """The per-subject baselines on the same cascade: DreamBooth (fine-tunes the base stage) and Textual
 Inversion (learns one token embedding). Compare with SuTI, which needs neither.
 
-    python examples/personalize_baselines.py --model runs/demo/t2i \
+    python examples/personalize_baselines.py --model runs/e2e/t2i \
         --subject ../shared/dreambench/dog/00.jpg ../shared/dreambench/dog/01.jpg --class-noun dog --out runs/baselines
 """
 import argparse

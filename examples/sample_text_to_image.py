@@ -1,6 +1,6 @@
 """Plain text-to-image sampling through the cascade (base -> SR ...), with a seed that reproduces.
 
-    python examples/sample_text_to_image.py --model runs/demo/t2i --prompt "a red square" --out red.png
+    python examples/sample_text_to_image.py --model runs/e2e/t2i --prompt "a red square" --out red.png
 """
 import argparse
 
@@ -8,7 +8,7 @@ from suti.images import make_grid
 from suti.pipeline import SuTIPipeline
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--model", default="runs/demo/t2i")
+ap.add_argument("--model", default="runs/e2e/t2i")
 ap.add_argument("--prompt", required=True)
 ap.add_argument("--steps", type=int, default=50)
 ap.add_argument("--guidance", type=float, default=5.0)

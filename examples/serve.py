@@ -1,8 +1,8 @@
 """Serve a SuTI checkpoint as a local web page: upload 1-5 photos, write a prompt, download the results.
 
     pip install -e ".[web]"
-    python examples/serve.py --model runs/demo/suti          # then open http://127.0.0.1:7860/
-    python examples/serve.py --model runs/demo/suti --database pairs-db   # adds the pairs search tab
+    python examples/serve.py --model runs/e2e/suti          # then open http://127.0.0.1:7860/
+    python examples/serve.py --model runs/e2e/suti --database pairs-db   # adds the pairs search tab
 
 Without --model it serves the model shipped with the package, or, when there is none, a tiny random
 checkpoint built here in a temporary folder (its images are noise: it only shows the page working).

@@ -238,6 +238,7 @@ _EXTENSIONS = [  # (module, function) adding subcommands owned by other packages
     ("dataset_builder.cli", "add_subparser"),
     ("suti.evaluate", "add_subparser"),
     ("suti.serve.cli", "add_subparser"),  # web libraries are imported only when `suti serve` runs
+    ("suti.demo.cli", "add_subparser"),  # the subject world is imported only when `suti demo` runs
 ]
 
 

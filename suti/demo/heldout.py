@@ -213,9 +213,25 @@ def random_target_context(rng: random.Random, subject: Subject) -> tuple[Context
     return ctx, skill
 
 
-def training_example(seed: int, size: int = 32, k: int = 3) -> ICLExample:
+TARGET_KINDS = ("expert", "same_page")
+
+
+def same_page_target_context(rng: random.Random) -> Context:
+    """What another photo of the same shop page shows: mostly the product as sold (the crawl's mix)."""
+    ctx = random_context(rng, p_specified=0.55)
+    if rng.random() < 0.7:
+        ctx = Context(scene=ctx.scene, position=ctx.position, size=ctx.size, view=ctx.view,
+                      accessory=ctx.accessory if rng.random() < 0.3 else None)
+    return ctx
+
+
+def training_example(seed: int, size: int = 32, k: int = 3, targets: str = "expert") -> ICLExample:
     """One in-context training example of a random training subject: k exemplar photos in random
-    contexts with their captions, and the target render of the same subject in a new context."""
+    contexts with their captions, and the target: with ``targets="expert"`` the expert's render of the
+    subject in a new context in DreamBooth's skill mix; with ``"same_page"`` another photo of the
+    subject as a shop page shows it (the baseline that SuTI's expert targets replace)."""
+    if targets not in TARGET_KINDS:
+        raise ValueError(f"targets must be one of {TARGET_KINDS}, got {targets!r}")
     rng = random.Random(f"icl:{seed}")
     subject = training_subject(rng)
     exemplar_images, exemplar_texts = [], []
@@ -224,7 +240,10 @@ def training_example(seed: int, size: int = 32, k: int = 3) -> ICLExample:
         c = Context(scene=c.scene, position=c.position, size=c.size, view=c.view)
         exemplar_images.append(render(subject, c, size=size, seed=rng.randrange(2**31), jitter=0.04))
         exemplar_texts.append(f"a photo of {prompt_for(subject.noun, c)}")
-    ctx, skill = random_target_context(rng, subject)
+    if targets == "same_page":
+        ctx, skill = same_page_target_context(rng), "same_page"
+    else:
+        ctx, skill = random_target_context(rng, subject)
     target = render(subject, ctx, size=size, seed=rng.randrange(2**31))
     return ICLExample(exemplar_images, exemplar_texts, target, prompt_for(subject.noun, ctx), subject, ctx, skill)
 
@@ -237,4 +256,5 @@ def render_expert_target(subject: Subject, prompt: str, size: int = 64, seed: in
 
 __all__ = ["NUM_HELDOUT", "heldout_subjects", "is_heldout", "training_subject", "BenchmarkPrompt", "HeldOutSubject",
            "heldout_subject", "write_benchmark", "read_benchmark_subject", "ICLExample", "training_example",
-           "random_target_context", "render_expert_target", "SKILLS"]
+           "random_target_context", "render_expert_target", "SKILLS", "TARGET_KINDS",
+           "same_page_target_context"]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The project ships a small trained checkpoint here (a folder with cascade.json) when it has one.
-DEFAULT_MODEL_FOLDER = Path(__file__).resolve().parent.parent / "demo" / "checkpoint"
+DEFAULT_MODEL_FOLDER = Path(__file__).resolve().parent.parent / "demo" / "assets" / "world_suti"
 
 
 def default_model_folder() -> Path:

@@ -88,3 +88,53 @@ def test_cli_refuses_an_unverified_clip_scorer_unless_allowed(tmp_path, tiny_tex
     assert res["scorer"]["clip_known_pretrained"] is False and res["scorer"]["comparable_with_paper"] is False
     assert res["subjects"]["teapot"]["prompts"] == 1
     assert clip_scorer_status("ViT-B-32:openai")[0] and not clip_scorer_status("ViT-B-32:my-weights")[0]
+
+
+def _tiny_vit_folder(folder: Path) -> Path:
+    """A Hugging Face ViT folder (config, weights, image processor) as DinoScorer loads a DINO checkpoint."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+                    patch_size=8)
+    ViTModel(cfg).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.skipif(not (SHARED / "teapot").is_dir(), reason="shared/dreambench not present")
+def test_dino_scores_real_photos_identity_is_one_and_the_oracle_beats_shuffled(tmp_path, tiny_text_encoder):
+    from retrieval import Embedder
+
+    from suti.evaluate import DinoScorer, real_image_anchors
+
+    dino = DinoScorer(str(_tiny_vit_folder(tmp_path / "vit")))
+    photo = SHARED / "teapot" / "00.jpg"
+    e = dino.embed([photo, photo, SHARED / "dog" / "00.jpg"])
+    assert float(e[0] @ e[1]) == pytest.approx(1.0, abs=1e-5)  # an identical pair scores 1
+    assert float(e[0] @ e[2]) < 0.999
+
+    root = tmp_path / "bench"
+    root.mkdir()
+    shutil.copy(SHARED / "prompts_and_classes.txt", root)
+    names = ["backpack", "berry_bowl", "cat", "dog", "red_cartoon", "teapot", "vase"]
+    for name in names:
+        (root / name).mkdir()
+        for p in sorted((SHARED / name).glob("*.jpg"))[:4]:
+            Image.open(p).convert("RGB").resize((64, 64)).save(root / name / p.name)
+    torch.manual_seed(0)
+    clip = Embedder.from_config({"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                 "patch_size": 8, "head_width": 16},
+                                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                              "layers": 1}}, name="tiny-eval-anchors")
+    anchors = real_image_anchors(root, clip, dino)["overall"]
+    # Photos of one subject are nearer each other than to another subject's, by both scorers.
+    assert anchors["real_images_dino"] > anchors["shuffled_dino"] + 0.05, anchors
+    assert anchors["real_images_clip_i"] > anchors["shuffled_clip_i"] + 0.02, anchors
+
+    pipe = new_pipeline(tiny_text_encoder, [preset("tiny-base32", text_embed_dim=tiny_text_encoder.dim, context=True,
+                                                   stage_name="base")])
+    res = evaluate(pipe, root, clip, dino, subjects=["teapot", "dog"], prompts_per_subject=1, steps=1)
+    assert res["overall"]["dino"] is not None and -1 <= res["subjects"]["teapot"]["dino"] <= 1
+    measured = res["measured_anchors"]["overall"]
+    assert measured["real_images_dino"] > measured["shuffled_dino"]
