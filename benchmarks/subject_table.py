@@ -3,6 +3,12 @@
     python benchmarks/subject_table.py --model suti/demo/assets/world_suti \
         [--same-page-model runs/world_suti_same_page/pipeline] --samples 2
 
+Every row over all 30 subjects takes hours on 2 CPU cores (DreamBooth and Textual Inversion fine-tune per
+subject), so the committed results come from two runs (the command is in each JSON):
+- ``subject_table.json``: 30 subjects, text-to-image, SuTI same-page / expert, ground truth;
+- ``subject_table_baselines.json``: the first 5 subjects, with DreamBooth and Textual Inversion.
+The retrieved-exemplars row (``--rows suti_retrieved``) has not been measured at full size yet.
+
 Rows (every model row uses the same base model, sampler, steps and guidance):
 - text_only: the model without exemplars (its text-to-image branch);
 - textual_inversion: one learned token embedding per subject (Gal et al.), on the same model;
