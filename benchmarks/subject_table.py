@@ -4,10 +4,10 @@
         [--same-page-model runs/world_suti_same_page/pipeline] --samples 2
 
 Every row over all 30 subjects takes hours on 2 CPU cores (DreamBooth and Textual Inversion fine-tune per
-subject), so the committed results come from two runs (the command is in each JSON):
+subject), so the committed results come from three runs (the command is in each JSON):
 - ``subject_table.json``: 30 subjects, text-to-image, SuTI same-page / expert, ground truth;
-- ``subject_table_baselines.json``: the first 5 subjects, with DreamBooth and Textual Inversion.
-The retrieved-exemplars row (``--rows suti_retrieved``) has not been measured at full size yet.
+- ``subject_table_baselines.json``: the first 5 subjects, with DreamBooth and Textual Inversion;
+- ``subject_table_retrieved.json``: the first 5 subjects, with retrieved exemplars.
 
 Rows (every model row uses the same base model, sampler, steps and guidance):
 - text_only: the model without exemplars (its text-to-image branch);
