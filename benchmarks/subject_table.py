@@ -192,8 +192,8 @@ def main():
     from suti.demo.showcase import SHIPPED_WORLD_SUTI
     from suti.pipeline import SuTIPipeline
 
-    model = args.model or str(SHIPPED_WORLD_SUTI)
-    pipe = SuTIPipeline.from_pretrained(model, dtype=torch.float32)
+    pipe = SuTIPipeline.from_pretrained(args.model or SHIPPED_WORLD_SUTI, dtype=torch.float32)
+    model = args.model or "suti/demo/assets/world_suti (shipped)"  # recorded without this machine's path
     common = (pipe, args.samples, args.steps, args.guidance, 0)
     wanted = args.rows.split(",")
     tmp = tempfile.TemporaryDirectory()
