@@ -7,8 +7,9 @@ Starts ``suti serve`` as its own process on 127.0.0.1 and talks to it over HTTP 
 - ``rss_mb``: the server process's resident memory (VmRSS, /proc: Linux) at rest after start-up and one
   warm-up request, and its peak while two requests are queued at once.
 
-    python benchmarks/serve.py                      # a tiny random SuTI checkpoint built here
-    python benchmarks/serve.py --model suti/demo/checkpoint --steps 50 --num-images 4
+    python benchmarks/serve.py                      # the shipped world model, a held-out subject's renders
+    python benchmarks/serve.py --model tiny         # a tiny random SuTI cascade built here, DreamBench's dog
+    python benchmarks/serve.py --model FOLDER --steps 50 --num-images 4
 """
 from __future__ import annotations
 
@@ -53,6 +54,19 @@ def tiny_checkpoint(folder: Path) -> Path:
             torch.nn.init.normal_(p, std=0.05)
     pipe.save_pretrained(folder)
     return folder
+
+
+def world_photos(tmp: Path, n: int = 3) -> tuple[list[Path], list[str], str]:
+    """A held-out world subject's exemplar renders as 256 px JPEGs (what a user of the shipped model uploads),
+    their captions, and a prompt of the benchmark."""
+    from suti.demo.heldout import heldout_subject
+
+    h = heldout_subject(0)
+    paths = []
+    for i, im in enumerate(h.exemplar_images(256)[:n]):
+        paths.append(tmp / f"render-{i}.jpg")
+        im.save(paths[-1], quality=92)
+    return paths, h.exemplar_texts[:n], h.prompts[0].prompt
 
 
 def subject_photos(tmp: Path, n: int = 3) -> list[Path]:
@@ -164,7 +178,8 @@ def browser_runs(url, photos, body, repeats):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="checkpoint folder (default: a tiny random one built here)")
+    ap.add_argument("--model", default=None,
+                    help="checkpoint folder, or 'tiny' for a tiny random one built here (default: the shipped model)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--num-images", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
@@ -179,8 +194,19 @@ def main(argv=None):
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="suti-serve-bench-") as tmp:
         tmp = Path(tmp)
-        model = Path(args.model) if args.model else tiny_checkpoint(tmp / "ckpt")
-        photos = subject_photos(tmp)
+        if args.model == "tiny":
+            model = tiny_checkpoint(tmp / "ckpt")
+            label = "tiny random SuTI (tiny-base32 + context -> tiny-sr64, tiny T5)"
+            photos = subject_photos(tmp)
+            captions, prompt = ["a photo of my dog"] * len(photos), "a dog on the beach"
+            photo_label = [p.name for p in photos] if DREAMBENCH.is_dir() else "drawn 640x480 JPEGs"
+        else:
+            from suti.demo.showcase import SHIPPED_WORLD_SUTI
+
+            model = Path(args.model or SHIPPED_WORLD_SUTI)
+            label = args.model or "suti/demo/assets/world_suti (shipped)"  # recorded without this machine's path
+            photos, captions, prompt = world_photos(tmp)
+            photo_label = "held-out world subject 0: 3 exemplar renders, 256 px JPEGs"
         server = Server(model, args.threads)
         try:
             with httpx.Client(timeout=600) as client:
@@ -193,8 +219,8 @@ def main(argv=None):
                                     headers={"X-Filename": path.name})
                     r.raise_for_status()
                     ids.append(r.json()["id"])
-                body = {"prompt": "a dog on the beach", "num_images": args.num_images, "steps": args.steps,
-                        "seed": 0, "subjects": [{"upload": i, "caption": "a photo of my dog"} for i in ids]}
+                body = {"prompt": prompt, "num_images": args.num_images, "steps": args.steps, "seed": 0,
+                        "subjects": [{"upload": i, "caption": c} for i, c in zip(ids, captions)]}
                 first_s, _ = run_request(client, server.url, body)  # one-off costs (allocations, caches)
                 time.sleep(1.0)
                 rss_rest = rss_mb(server.proc.pid)
@@ -234,10 +260,10 @@ def main(argv=None):
                     "torch_threads_default": torch.get_num_threads(), "server_threads": args.threads,
                     "load_average_start": [round(x, 2) for x in load_start],
                     "load_average_end": [round(x, 2) for x in load_end],
-                    "note": "shared CPU: other jobs ran on the same cores, so times are pessimistic and vary"},
-        "model": str(args.model) if args.model else "tiny random SuTI (tiny-base32 + context -> tiny-sr64, tiny T5)",
+                    "note": "load_average_start/end: above 1 per core, other jobs shared the cores"},
+        "model": label,
         "stages": info["stages"],
-        "photos": [p.name for p in photos] if DREAMBENCH.is_dir() else "drawn 640x480 JPEGs",
+        "photos": photo_label,
         "request": {k: v for k, v in body.items() if k != "subjects"} | {"subjects": len(ids)},
         "first_request_s": round(first_s, 3),
         "api_submit_to_images_s": {"median": round(statistics.median(api_times), 3),
