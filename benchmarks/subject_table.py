@@ -1,13 +1,12 @@
 """The subject table: SuTI against per-subject fine-tuning on the world's 30 held-out subjects x 25 prompts.
 
-    python benchmarks/subject_table.py --model suti/demo/assets/world_suti \
-        [--same-page-model runs/world_suti_same_page/pipeline] --samples 2
+    python benchmarks/subject_table.py [--model FOLDER] [--same-page-model FOLDER] --samples 2
 
-Every row over all 30 subjects takes hours on 2 CPU cores (DreamBooth and Textual Inversion fine-tune per
-subject), so the committed results come from three runs (the command is in each JSON):
-- ``subject_table.json``: 30 subjects, text-to-image, SuTI same-page / expert, ground truth;
-- ``subject_table_baselines.json``: the first 5 subjects, with DreamBooth and Textual Inversion;
-- ``subject_table_retrieved.json``: the first 5 subjects, with retrieved exemplars.
+DreamBooth and Textual Inversion fine-tune per subject, so every row over all 30 subjects takes hours on 2 CPU
+cores. Each subject's outputs per row are kept under --work (default runs/subject_table/<out name>) as they
+finish: a killed run resumes at the next subject, and a later run with more rows reuses the rows it finds
+there (a row's cache is checked against the settings that change its outputs). The committed table came
+from two runs sharing one --work folder: the per-subject baselines with one thread, then the rest.
 
 Rows (every model row uses the same base model, sampler, steps and guidance):
 - text_only: the model without exemplars (its text-to-image branch);
@@ -134,6 +133,56 @@ class TextualInversion(Row):
         return images, first, stored
 
 
+class SubjectCache:
+    """Each row's outputs for one subject, saved as they finish (PNGs, then meta.json last, atomically), so a
+    killed run resumes at the next subject instead of fine-tuning every subject again."""
+
+    COMMON = ("model", "prompts", "samples", "steps", "guidance")
+    ROW_SETTINGS = {"textual_inversion": ("finetune_steps", "ti_lr"),
+                    "dreambooth": ("finetune_steps", "dreambooth_lr"), "suti_same_page": ("same_page_model",)}
+
+    def __init__(self, folder: Path | None, settings: dict):
+        self.folder, self.settings = folder, settings
+
+    def _relevant(self, row: str, settings: dict) -> dict:
+        """The settings that change a row's outputs: runs with other rows or options share its cache."""
+        return {k: settings.get(k) for k in self.COMMON + self.ROW_SETTINGS.get(row, ())}
+
+    def _dir(self, row: str, subject: int) -> Path:
+        return self.folder / row / f"s{subject:02d}"
+
+    def load(self, row: str, subject: int):
+        if self.folder is None:
+            return None
+        meta_path = self._dir(row, subject) / "meta.json"
+        if not meta_path.is_file():
+            return None
+        meta = json.loads(meta_path.read_text())
+        if self._relevant(row, meta["settings"]) != self._relevant(row, self.settings):
+            raise SystemExit(f"{meta_path} was written with other settings ({self._relevant(row, meta['settings'])}"
+                             f"); use another --work folder")
+        from PIL import Image
+
+        images = []
+        for n in range(meta["images"]):
+            with Image.open(meta_path.parent / f"{n:03d}.png") as im:
+                images.append(im.convert("RGB"))
+        return images, meta["first_image_seconds"], meta["bytes"]
+
+    def save(self, row: str, subject: int, images, first: float, stored: int) -> None:
+        if self.folder is None:
+            return
+        from retrieval.atomic import atomic_path, atomic_write_json
+
+        folder = self._dir(row, subject)
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, im in enumerate(images):
+            with atomic_path(folder / f"{n:03d}.png") as tmp_png:
+                im.save(tmp_png, format="PNG")
+        atomic_write_json(folder / "meta.json", {"settings": self._relevant(row, self.settings), "images": len(images),
+                                                 "first_image_seconds": first, "bytes": stored})
+
+
 def heldout_database(folder: Path):
     """A PairsDatabase of every held-out subject's exemplar photos and captions, embedded by the world CLIP."""
     from retrieval import Embedder, PairsDatabase
@@ -185,6 +234,8 @@ def main():
                                       "suti_retrieved,ground_truth")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/subject_table.json")
+    ap.add_argument("--work", default=None, help="where each subject's outputs are kept so a rerun resumes "
+                                                 "(default runs/subject_table/<out name>; 'none' keeps nothing)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -213,13 +264,21 @@ def main():
         rows["suti_retrieved"] = Retrieved(*common, db=heldout_database(Path(tmp.name)))
 
     prompt_ids = pick_prompts(args.prompts)
+    work = None if args.work == "none" else Path(args.work or Path("runs/subject_table") / Path(args.out).stem)
+    settings = {k: getattr(args, k) for k in ("model", "same_page_model", "prompts", "samples", "steps", "guidance",
+                                              "finetune_steps", "dreambooth_lr", "ti_lr")}
+    cache = SubjectCache(work, settings)
     records, timing, stored = [], {r: [] for r in rows}, {r: [] for r in rows}
     for i in tqdm(range(args.subjects), desc="held-out subjects"):
         h = heldout_subject(i)
         prompts = [h.prompts[j].prompt for j in prompt_ids]
         outputs = {}
         for name, row in rows.items():
-            outputs[name], first, size = row.run(h, prompts, i)
+            cached = cache.load(name, i)
+            if cached is None:
+                cached = row.run(h, prompts, i)
+                cache.save(name, i, *cached)
+            outputs[name], first, size = cached
             timing[name].append(first)
             stored[name].append(size)
         truth = h.target_images(32)

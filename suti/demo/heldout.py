@@ -194,15 +194,16 @@ class ICLExample:
     skill: str
 
 
-def random_target_context(rng: random.Random, subject: Subject) -> tuple[Context, str]:
-    """A new context in DreamBench's skill mix (one skill, sometimes with a scene or position)."""
+def random_target_context(rng: random.Random, subject: Subject | None = None) -> tuple[Context, str]:
+    """A new context in DreamBench's skill mix (one skill, sometimes with a scene or position). A colour
+    change avoids `subject`'s own colour (any colour when the subject is not known)."""
     skill = rng.choice(SKILLS)
     base = random_context(rng, p_specified=0.3)
     ctx = Context(scene=base.scene, position=base.position, size=base.size)
     if skill == "recontextualization":
         ctx = Context(scene=rng.choice(ATTRIBUTES["scene"][1:]), position=base.position, size=base.size)
     elif skill == "property_change":
-        colour = rng.choice([c for c in COLOUR_NAMES if c != subject.primary])
+        colour = rng.choice([c for c in COLOUR_NAMES if subject is None or c != subject.primary])
         ctx = Context(scene=base.scene, colour=colour)
     elif skill == "accessorization":
         ctx = Context(scene=base.scene, position=base.position, accessory=rng.choice(ATTRIBUTES["accessory"][1:]))

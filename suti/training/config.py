@@ -16,6 +16,7 @@ from ..field_checks import check_fields
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
 RESUME = ("auto", "always", "never")
+OPTIM_IMPLEMENTATIONS = ("auto", "for-loop", "foreach", "fused")
 
 
 @dataclass
@@ -28,6 +29,9 @@ class StageSpec:
     name: str | None = None  # stage name in the exported folder (default: "base" or "sr<size>")
     prediction: str = "v"
     overrides: dict = field(default_factory=dict)
+    # in_context only: the U-Net levels (0 = full resolution) that get context attention, plus the middle block;
+    # None = the lowest level. At 32 px the subject's parts vanish at 8x8, so small stages need a finer level.
+    context_levels: list | None = None
 
 
 @dataclass
@@ -56,6 +60,9 @@ class DataSpec:
 @dataclass
 class OptimSpec:
     name: str = "adamw"  # adamw, or adamw8bit (bitsandbytes' 8-bit AdamW, if installed)
+    # AdamW's kernels: auto (torch's choice: for-loop on the CPU, foreach on CUDA), for-loop, foreach (one
+    # multi-tensor kernel per op), fused (one kernel for the whole update; CPU and CUDA)
+    implementation: str = "auto"
     lr: float = 1e-4
     betas: tuple = (0.9, 0.99)
     eps: float = 1e-8
@@ -108,6 +115,9 @@ class TrainConfig:
     resume: str = "auto"  # auto: resume if the run folder has a checkpoint; always: require one; never
     export_dir: str | None = None  # default: <output_dir>/stage
     cpu: bool = False  # force CPU even when CUDA is available
+    # Speed options (benchmarks/train_throughput.py measures them; outputs agree within float tolerance):
+    channels_last: bool = False  # NHWC weights and images: oneDNN / tensor-core convolutions skip layout copies
+    compile: bool = False  # torch.compile the U-Net; the first step pays the compile time (logged, in the result)
     # Deterministic kernels (torch.use_deterministic_algorithms): what makes a resumed run bitwise equal to an
     # uninterrupted one on CUDA too (the CPU is deterministic anyway). Costs some GPU speed.
     deterministic: bool = False
@@ -141,6 +151,10 @@ class TrainConfig:
 
         need(self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}")
         need(self.optim.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}")
+        need(self.optim.implementation in OPTIM_IMPLEMENTATIONS,
+             f"optim.implementation must be one of {OPTIM_IMPLEMENTATIONS}, got {self.optim.implementation!r}")
+        need(self.optim.implementation == "auto" or self.optim.name == "adamw",
+             "optim.implementation applies to optim.name=adamw only")
         need(self.resume in RESUME, f"resume must be one of {RESUME}")
         need(self.data.task in ("text_to_image", "in_context"), "data.task must be text_to_image or in_context")
         need(self.batch_size >= 1 and self.grad_accum >= 1 and self.steps >= 1,

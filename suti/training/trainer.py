@@ -94,6 +94,13 @@ def build_optimizer(stage: Stage, optim) -> torch.optim.Optimizer:
             raise ValueError("training config: optim.name=adamw8bit needs bitsandbytes (pip install bitsandbytes, "
                              "on a CUDA machine); use optim.name=adamw otherwise") from e
         return bnb.optim.AdamW8bit(params, **kw)
+    impl = getattr(optim, "implementation", "auto")
+    if impl == "foreach":
+        kw["foreach"] = True
+    elif impl == "fused":
+        kw["fused"] = True
+    elif impl == "for-loop":
+        kw["foreach"] = False
     return torch.optim.AdamW(params, **kw)
 
 
@@ -113,12 +120,15 @@ def _get(d: dict, dotted: str):
 class StageLoss(nn.Module):
     """The stage's training loss as ``forward``, so DDP sees (and synchronises) it."""
 
-    def __init__(self, stage: Stage):
+    def __init__(self, stage: Stage, channels_last: bool = False):
         super().__init__()
         self.stage = stage
+        self.channels_last = channels_last
 
     def forward(self, images, text_emb, text_mask, ex_images=None, ex_text_emb=None, ex_text_mask=None,
                 ex_mask=None, generator=None):
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         ex = None
         if ex_images is not None:
             ex = Exemplars(ex_images, ex_text_emb, ex_text_mask, ex_mask)
@@ -191,9 +201,14 @@ class Trainer:
         if cfg.data.task == "text_to_image" and self.stage.uses_context:
             log.warning("training a context stage on text-to-image data: its context layers get no gradient "
                         "(set find_unused_parameters: true for multi-process runs)")
+        if cfg.channels_last:
+            self.stage.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.stage, cfg.optim)
         self.ema = EMA(self.stage, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
-        self.model, self.optimizer = acc.prepare(StageLoss(self.stage), self.optimizer)
+        if cfg.compile:
+            self.stage.unet.compile()  # in place: parameter names, checkpoints and EMA stay as they are
+        self.compile_seconds = None
+        self.model, self.optimizer = acc.prepare(StageLoss(self.stage, cfg.channels_last), self.optimizer)
         if self.ema is not None:
             self.ema.to(self.device)
         set_seed(cfg.seed + self.rank, device_specific=False)  # dropout differs across ranks
@@ -246,7 +261,7 @@ class Trainer:
         if cfg.init_from:
             stage = load_stage(cfg.init_from).train()
             if cfg.data.task == "in_context" and not stage.uses_context:
-                stage, report = convert_to_context_stage(stage)
+                stage, report = convert_to_context_stage(stage, self._context_flags(stage.config.unet.num_levels))
                 log.info("converted %s to an in-context stage: +%d parameters (%.1f%%)", cfg.init_from,
                          report["params_added"], 100 * report["growth"])
             return stage.train()
@@ -259,11 +274,25 @@ class Trainer:
         else:
             raise ValueError("training config: set stage.preset, stage.config or init_from")
         d = _deep_merge(d, spec.overrides)
+        if cfg.data.task == "in_context" and spec.context_levels is not None:
+            levels = len(d["unet"]["channel_mults"])
+            d["unet"]["context_attention"] = list(self._context_flags(levels))
+            d["unet"]["middle_context_attention"] = True
         if spec.name:
             d["name"] = spec.name
         elif spec.config is None:
             d["name"] = "base" if d.get("lowres_size") is None else f"sr{d['unet']['image_size']}"
         return Stage(StageConfig.from_dict(d)).train()
+
+    def _context_flags(self, num_levels: int) -> tuple | None:
+        """stage.context_levels as one flag per U-Net level (None: the conversion's default, the lowest level)."""
+        levels = self.config.stage.context_levels
+        if levels is None:
+            return None
+        bad = [i for i in levels if not isinstance(i, int) or not 0 <= i < num_levels]
+        if bad or not levels:
+            raise ValueError(f"stage.context_levels: levels are 0..{num_levels - 1} for this U-Net, got {levels}")
+        return tuple(i in levels for i in range(num_levels))
 
     def _load_checkpoint(self, ckpt: Path) -> None:
         st = S.read_trainer_state(ckpt)
@@ -438,7 +467,11 @@ class Trainer:
         try:
             while self.step < stop and not self._stop_requested:
                 micro = [self._next_batch(it) for _ in range(cfg.grad_accum)]
+                t_step = time.perf_counter()
                 out = self._train_step(micro)
+                if cfg.compile and self.compile_seconds is None:  # the first step compiles forward + backward
+                    self.compile_seconds = time.perf_counter() - t_step
+                    log.info("torch.compile: first step took %.1f s (compiling)", self.compile_seconds)
                 self.losses.append(out["loss"])
                 self.step += 1
                 if not out["skipped"]:
@@ -464,7 +497,8 @@ class Trainer:
         if self._last_saved_step != self.step:
             self.save_checkpoint()
         result = {"step": self.step, "nan_skips": self.nan_skips, "skipped_samples": self.skips.total,
-                  "checkpoint": str(S.latest_checkpoint(self.run_dir)), "finished": self.step >= cfg.steps}
+                  "checkpoint": str(S.latest_checkpoint(self.run_dir)), "finished": self.step >= cfg.steps,
+                  "compile_seconds": self.compile_seconds}
         if self.step >= cfg.steps:
             result["export_dir"] = str(self.export())
             result["samples"] = str(self.write_samples()) if self._can_sample() else None

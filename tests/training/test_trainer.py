@@ -166,6 +166,32 @@ def test_in_context_training_from_text_to_image_stage(tmp_path, tiny_t5):
     assert outs and any(v.abs().sum() > 0 for v in outs)
 
 
+def test_context_levels_choose_where_the_converted_stage_attends(tmp_path, tiny_t5):
+    from suti.cascade import Stage
+    from suti.config import StageConfig
+
+    t2i = tmp_path / "t2i"
+    save_stage(Stage(StageConfig.from_dict(MICRO_STAGE)), t2i)
+    img = image_bytes(solid(COLOURS["red"]))
+    shard = write_tar(tmp_path / "icl" / "icl-000000.tar",
+                      icl_members("c0_0000", img, "a red toy", [(img, "a red toy")]))
+    levels = len(MICRO_STAGE["unet"]["channel_mults"])
+
+    def trainer(context_levels, init_from=str(t2i)):
+        stage = {"preset": None, "config": None if init_from else MICRO_STAGE, "context_levels": context_levels}
+        return Trainer(TrainConfig.from_dict(train_config(
+            tmp_path / str(context_levels), tiny_t5, str(shard), steps=1, init_from=init_from, stage=stage,
+            data={"sources": [str(shard)], "task": "in_context"})))
+
+    default = trainer(None).stage.config.unet.context_attention  # the lowest level only
+    assert default == tuple(i == levels - 1 for i in range(levels))
+    assert trainer([0]).stage.config.unet.context_attention == tuple(i == 0 for i in range(levels))
+    fresh = trainer([0], init_from=None).stage.config.unet  # a new stage from a config, not a conversion
+    assert tuple(fresh.context_attention) == tuple(i == 0 for i in range(levels)) and fresh.middle_context_attention
+    with pytest.raises(ValueError, match=r"stage\.context_levels.*got \[7\]"):
+        trainer([7])
+
+
 def test_text_cache_replaces_the_encoder(tmp_path, tiny_t5, colours):
     from suti.text import TextEncoder
     from suti.text_cache import build_text_cache
