@@ -234,6 +234,8 @@ def main():
                                       "suti_retrieved,ground_truth")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/subject_table.json")
+    ap.add_argument("--start", type=int, default=0, help="begin at this subject and wrap around: a second process "
+                                                          "with another start shares the --work cache")
     ap.add_argument("--work", default=None, help="where each subject's outputs are kept so a rerun resumes "
                                                  "(default runs/subject_table/<out name>; 'none' keeps nothing)")
     args = ap.parse_args()
@@ -269,7 +271,9 @@ def main():
                                               "finetune_steps", "dreambooth_lr", "ti_lr")}
     cache = SubjectCache(work, settings)
     records, timing, stored = [], {r: [] for r in rows}, {r: [] for r in rows}
-    for i in tqdm(range(args.subjects), desc="held-out subjects"):
+    from_cache = {r: 0 for r in rows}  # subjects whose outputs (and timings) an earlier run of --work measured
+    order = list(range(args.start, args.subjects)) + list(range(min(args.start, args.subjects)))
+    for i in tqdm(order, desc="held-out subjects"):
         h = heldout_subject(i)
         prompts = [h.prompts[j].prompt for j in prompt_ids]
         outputs = {}
@@ -278,6 +282,8 @@ def main():
             if cached is None:
                 cached = row.run(h, prompts, i)
                 cache.save(name, i, *cached)
+            else:
+                from_cache[name] += 1
             outputs[name], first, size = cached
             timing[name].append(first)
             stored[name].append(size)
@@ -289,6 +295,7 @@ def main():
             for name in rows:
                 rec[name] = outputs[name][n * args.samples:(n + 1) * args.samples]
             records.append(rec)
+    records.sort(key=lambda r: (r["subject"], r["prompt_id"]))
     results = {}
     for name in rows:
         m = score(records, rows=(name,))[name]
@@ -305,6 +312,7 @@ def main():
                  "dreambooth_lr": args.dreambooth_lr, "ti_lr": args.ti_lr},
         "chance_identity_top1": 1 / NUM_HELDOUT, "rows": results,
         "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
+        "work": str(work) if work else None, "subjects_from_cache": from_cache,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ class FromScratchConfig:
     crawl_seed: int = 2  # the world CLIP trained on seed 0's crawl; this crawl is new to it
     batch_size: int = 16
     t2i_steps: int = 1200
-    sr_steps: int = 500
+    sr_steps: int = 2000
     suti_steps: int = 2000
     lr: float = 1e-3
     prompts_per_cluster: int = 8
@@ -52,9 +52,14 @@ class FromScratchConfig:
     progress: bool = True
 
 
-def _done(out: Path, step: str) -> dict | None:
+def _done(out: Path, step: str, **expected) -> dict | None:
+    """The record of a finished step, or None when it must run (again): never run, or run with other
+    `expected` values (more training steps: the run then resumes from its last checkpoint)."""
     path = out / "steps" / f"{step}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if all(record.get(k) == v for k, v in expected.items()) else None
 
 
 def _finish(out: Path, step: str, record: dict) -> dict:
@@ -139,16 +144,17 @@ def run_from_scratch(cfg: FromScratchConfig) -> dict:
     shards = sorted(str(p) for p in (out / "crawl").glob("*.tar"))
 
     print("2/5 text-to-image pretraining: 32 px base, then 32 -> 64 px super-resolution")
-    t2i = _done(out, "t2i") or _finish(out, "t2i", _train(
+    t2i = _done(out, "t2i", steps=cfg.t2i_steps) or _finish(out, "t2i", _train(
         cfg, out / "train_t2i", {"preset": "tiny-base32", "name": "base"},
         {"sources": shards, "task": "text_to_image"}, cfg.t2i_steps,
         sample={"prompts": ["a toy on the beach", "a mug in the snow", "a creature in the jungle", "a toy"]}))
-    sr = _done(out, "sr") or _finish(out, "sr", _train(
+    sr = _done(out, "sr", steps=cfg.sr_steps) or _finish(out, "sr", _train(
         cfg, out / "train_sr", {"preset": "tiny-sr64", "name": "sr64"},
         {"sources": shards, "task": "text_to_image"}, cfg.sr_steps))
     summary["t2i"], summary["sr"] = t2i, sr
 
     print("3/5 dataset builder: clusters, CLIP filters, de-dup, prompts, expert targets")
+    # the build does not rerun when only the pretraining grew: its DreamBooth targets keep the earlier base
     build = _done(out, "build") or _finish(out, "build", _build(cfg, out, shards, t2i["export_dir"]))
     summary["build"] = build
     if not build["score"]["clusters"]:
@@ -156,15 +162,18 @@ def run_from_scratch(cfg: FromScratchConfig) -> dict:
 
     print("4/5 SuTI: convert the pretrained base, train on the in-context examples")
     icl = sorted(str(p) for p in (out / "icl").glob("icl-*.tar"))
-    suti = _done(out, "suti") or _finish(out, "suti", _train(
+    suti = _done(out, "suti", steps=cfg.suti_steps) or _finish(out, "suti", _train(
         cfg, out / "train_suti", {"preset": None, "context_levels": [1, 2]},
         {"sources": icl, "task": "in_context", "max_exemplars": NUM_EXEMPLARS}, cfg.suti_steps,
         init_from=t2i["export_dir"]))
     summary["suti"] = suti
 
     print("5/5 evaluation on held-out subjects (on no crawl page)")
-    summary["eval"] = _done(out, "eval") or _finish(out, "eval", _evaluate(cfg, out, suti["export_dir"],
-                                                                           sr["export_dir"]))
+    trained = {"t2i_steps": t2i["steps"], "sr_steps": sr["steps"], "suti_steps": suti["steps"],
+               "eval_subjects": cfg.eval_subjects, "eval_prompts": cfg.eval_prompts, "eval_samples": cfg.eval_samples,
+               "sample_steps": cfg.sample_steps, "guidance": cfg.guidance}
+    summary["eval"] = _done(out, "eval", trained=trained) or _finish(
+        out, "eval", {"trained": trained, **_evaluate(cfg, out, suti["export_dir"], sr["export_dir"])})
     from retrieval.atomic import atomic_write_json
 
     atomic_write_json(out / "summary.json", summary)
@@ -201,9 +210,12 @@ def _build(cfg: FromScratchConfig, out: Path, shards: list[str], t2i_stage: str)
                           components=Components(bcfg, prompt_generator=WorldPrompts(), expert=expert))
     scores = score_clusters(sorted((out / "icl").glob("icl-*.tar")), out / "crawl")
     scores.pop("per_cluster")
-    return {"counts": stats.get("counts"), "rates": stats.get("rates"), "score": scores,
-            "experts": _expert_rates(out / "icl", dict(expert.rendered)), "no_subject_clusters": expert.no_subject,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    record = {"counts": stats.get("counts"), "rates": stats.get("rates"), "score": scores,
+              "experts": _expert_rates(out / "icl", dict(expert.rendered)), "no_subject_clusters": expert.no_subject,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    if sum(expert.rendered.values()) != (stats.get("counts") or {}).get("expert", {}).get("rendered"):
+        record["experts_note"] = "the build resumed: per-expert rendered counts cover this process's part only"
+    return record
 
 
 def _evaluate(cfg: FromScratchConfig, out: Path, suti_stage: str, sr_stage: str) -> dict:
@@ -217,7 +229,11 @@ def _evaluate(cfg: FromScratchConfig, out: Path, suti_stage: str, sr_stage: str)
     records = sample_heldout(pipe, ids, pick_prompts(cfg.eval_prompts), cfg.eval_samples, cfg.sample_steps,
                              cfg.guidance)
     metrics = score(records)
-    meta = {"model": "pipeline (from scratch)", "subjects": ids,
+    # the base stage alone (32 px): what SuTI drew, before the super-resolution stage
+    base = _pipeline([suti_stage], out / "pipeline_base")
+    base_metrics = score(sample_heldout(base, ids, pick_prompts(cfg.eval_prompts), cfg.eval_samples, cfg.sample_steps,
+                                        cfg.guidance))
+    meta = {"model": "pipeline (from scratch)", "base_only_32px": base_metrics, "subjects": ids,
             "prompts_per_subject": len(pick_prompts(cfg.eval_prompts)),
             "samples_per_prompt": cfg.eval_samples, "ddim_steps": cfg.sample_steps, "guidance": cfg.guidance,
             "image_size": pipe.cascade.stages[-1].image_size, "seconds": round(time.perf_counter() - t0, 1)}
@@ -239,11 +255,12 @@ def print_summary(summary: dict) -> None:
     for step in ("t2i", "sr", "suti"):
         t = summary[step]
         print(f"{step}: {t['steps']} steps, loss {t['loss_first']} -> {t['loss_last']}, {t['seconds']} s")
-    m = summary["eval"]["metrics"]
-    for row in ("suti", "text_only", "ground_truth"):
-        r = m[row]
-        print(f"{row:14s} identity top-1 {r['identity_top1']:.3f}  cos {r['identity_cosine']:.3f}  "
-              f"text {r['text_fidelity']:.3f}  copy {r['copy_rate']:.3f}")
+    for label, m in (("64 px (base + SR)", summary["eval"]["metrics"]), ("32 px (base)", summary["eval"]["base_only_32px"])):
+        print(label)
+        for row in ("suti", "text_only", "ground_truth"):
+            r = m[row]
+            print(f"  {row:14s} identity top-1 {r['identity_top1']:.3f}  cos {r['identity_cosine']:.3f}  "
+                  f"text {r['text_fidelity']:.3f}  copy {r['copy_rate']:.3f}")
     print(f"identity chance {m['chance_identity_top1']:.3f}; wrote {summary['config']['out']}/summary.json, "
           "grid.png, index.html")
 

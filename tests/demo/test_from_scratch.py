@@ -52,6 +52,13 @@ def test_from_scratch_runs_every_step_and_resumes(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in (out / "steps").iterdir()} == before
     assert json.loads((out / "summary.json").read_text())["eval"] == summary["eval"]
 
+    # More SuTI steps: that run resumes from its checkpoint, and the evaluation is redone; the rest stays.
+    more = [a if a != "4" or TINY[i - 1] != "--suti-steps" else "6" for i, a in enumerate(TINY)]
+    assert suti_main(["demo", "--from-scratch", "--out", str(out), *more]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["suti"]["steps"] == 6 and again["eval"]["trained"]["suti_steps"] == 6
+    assert again["t2i"] == summary["t2i"] and again["build"] == summary["build"]
+
 
 def test_from_scratch_bad_arguments_exit_2(tmp_path, capsys):
     assert suti_main(["demo", "--from-scratch", "--suti-steps", "0", "--out", str(tmp_path)]) == 2
