@@ -275,9 +275,9 @@ class Trainer:
             raise ValueError("training config: set stage.preset, stage.config or init_from")
         d = _deep_merge(d, spec.overrides)
         if cfg.data.task == "in_context" and spec.context_levels is not None:
-            levels = len(d["unet"]["channel_mults"])
-            d["unet"]["context_attention"] = list(self._context_flags(levels))
-            d["unet"]["middle_context_attention"] = True
+            levels = len(d["unet"]["channel_mults"])  # a new dict: the caller's config stays as it was
+            d["unet"] = {**d["unet"], "context_attention": list(self._context_flags(levels)),
+                         "middle_context_attention": True}
         if spec.name:
             d["name"] = spec.name
         elif spec.config is None:

@@ -190,6 +190,7 @@ def test_context_levels_choose_where_the_converted_stage_attends(tmp_path, tiny_
     assert tuple(fresh.context_attention) == tuple(i == 0 for i in range(levels)) and fresh.middle_context_attention
     with pytest.raises(ValueError, match=r"stage\.context_levels.*got \[7\]"):
         trainer([7])
+    assert "context_attention" not in MICRO_STAGE["unet"]  # the caller's config is not changed
 
 
 def test_text_cache_replaces_the_encoder(tmp_path, tiny_t5, colours):
