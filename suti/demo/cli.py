@@ -53,13 +53,16 @@ def _check(args, from_scratch: bool) -> None:
 def cmd_demo(args) -> int:
     from .showcase import print_report, run_demo
 
-    scratch = args.from_scratch
-    for name, quick, full in (("subjects", 3, 10), ("prompts", 4, 5), ("samples", 1, 2)):
+    from .from_scratch import FromScratchConfig
+
+    scratch, d = args.from_scratch, FromScratchConfig()
+    for name, quick, full in (("subjects", 3, d.eval_subjects), ("prompts", 4, d.eval_prompts),
+                              ("samples", 1, d.eval_samples)):
         if getattr(args, name) is None:
             setattr(args, name, full if scratch else quick)
     _check(args, scratch)
     if scratch:
-        from .from_scratch import FromScratchConfig, print_summary, run_from_scratch
+        from .from_scratch import print_summary, run_from_scratch
 
         cfg = FromScratchConfig(out=args.out or "runs/from_scratch", shop_pages=args.shop_pages,
                                 t2i_steps=args.t2i_steps, sr_steps=args.sr_steps, suti_steps=args.suti_steps,

@@ -1,6 +1,6 @@
 """`suti demo --from-scratch`: the whole path on the world, from a web crawl to judged samples.
 
-    suti demo --from-scratch --out runs/from_scratch            # CPU defaults, about 1.5 h on one core
+    suti demo --from-scratch --out runs/from_scratch            # CPU defaults, about 1 h 40 min on 1-2 cores
     suti demo --from-scratch --out runs/fs --t2i-steps 20000 --suti-steps 20000 --shop-pages 2000  # a GPU
 
 1. crawl: a synthetic img2dataset crawl of the world (shop pages, junk pages, logos, broken files);
@@ -87,8 +87,8 @@ def _train(cfg: FromScratchConfig, run: Path, stage: dict, data: dict, steps: in
     })
     trainer = Trainer(tc)
     result = trainer.train()
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line).get("loss") is not None] if (run / "metrics.jsonl").is_file() else []
+    logged = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+    losses = [loss for loss in (json.loads(line).get("loss") for line in logged) if loss is not None]
     return {"steps": result["step"], "export_dir": result.get("export_dir"), "samples": result.get("samples"),
             "skipped_samples": result["skipped_samples"], "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None, "seconds": round(time.perf_counter() - t0, 1)}
@@ -219,28 +219,24 @@ def _build(cfg: FromScratchConfig, out: Path, shards: list[str], t2i_stage: str)
 
 
 def _evaluate(cfg: FromScratchConfig, out: Path, suti_stage: str, sr_stage: str) -> dict:
-    from retrieval.atomic import atomic_path, atomic_write_json
-
-    from .showcase import grid_image, pick_prompts, sample_heldout, score, write_html
+    from .showcase import pick_prompts, sample_heldout, score, write_report
 
     t0 = time.perf_counter()
+    ids, prompt_ids = list(range(cfg.eval_subjects)), pick_prompts(cfg.eval_prompts)
+
+    def judged(pipe):
+        records = sample_heldout(pipe, ids, prompt_ids, cfg.eval_samples, cfg.sample_steps, cfg.guidance)
+        return records, score(records)
+
     pipe = _pipeline([suti_stage, sr_stage], out / "pipeline")
-    ids = list(range(cfg.eval_subjects))
-    records = sample_heldout(pipe, ids, pick_prompts(cfg.eval_prompts), cfg.eval_samples, cfg.sample_steps,
-                             cfg.guidance)
-    metrics = score(records)
+    records, metrics = judged(pipe)
     # the base stage alone (32 px): what SuTI drew, before the super-resolution stage
-    base = _pipeline([suti_stage], out / "pipeline_base")
-    base_metrics = score(sample_heldout(base, ids, pick_prompts(cfg.eval_prompts), cfg.eval_samples, cfg.sample_steps,
-                                        cfg.guidance))
+    _, base_metrics = judged(_pipeline([suti_stage], out / "pipeline_base"))
     meta = {"model": "pipeline (from scratch)", "base_only_32px": base_metrics, "subjects": ids,
-            "prompts_per_subject": len(pick_prompts(cfg.eval_prompts)),
-            "samples_per_prompt": cfg.eval_samples, "ddim_steps": cfg.sample_steps, "guidance": cfg.guidance,
+            "prompts_per_subject": len(prompt_ids), "samples_per_prompt": cfg.eval_samples,
+            "ddim_steps": cfg.sample_steps, "guidance": cfg.guidance,
             "image_size": pipe.cascade.stages[-1].image_size, "seconds": round(time.perf_counter() - t0, 1)}
-    with atomic_path(out / "grid.png") as tmp:
-        grid_image(records).save(tmp, format="PNG")
-    atomic_write_json(out / "metrics.json", {"metrics": metrics, **meta})
-    write_html(out / "index.html", records, metrics, meta)
+    write_report(out, records, metrics, meta)
     return {"metrics": metrics, **meta}
 
 

@@ -161,11 +161,22 @@ the ground-truth render of the prompt. Identity chance is {metrics['chance_ident
     atomic_write_text(path, page)
 
 
+def write_report(out: Path, records: list[dict], metrics: dict, meta: dict) -> None:
+    """grid.png, metrics.json and index.html of a held-out evaluation, each written atomically."""
+    from retrieval.atomic import atomic_path, atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "grid.png") as tmp:
+        grid_image(records).save(tmp, format="PNG")
+    atomic_write_json(out / "metrics.json", {"metrics": metrics, **meta})
+    write_html(out / "index.html", records, metrics, meta)
+
+
 def run_demo(model=None, out="runs/demo", subjects: int | list[int] = 3, prompts: int = 4, samples: int = 1,
              steps: int = 20, guidance: float = 3.0, seed: int = 0) -> dict:
     from tqdm.auto import tqdm
 
-    from retrieval.atomic import atomic_path, atomic_write_json
     from suti.pipeline import SuTIPipeline
 
     start = time.perf_counter()
@@ -182,12 +193,7 @@ def run_demo(model=None, out="runs/demo", subjects: int | list[int] = 3, prompts
     meta = {"model": str(model), "subjects": ids, "prompts_per_subject": len(pick_prompts(prompts)),
             "samples_per_prompt": samples, "ddim_steps": steps, "guidance": guidance, "seed": seed,
             "wall_seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads()}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "grid.png") as tmp:
-        grid_image(records).save(tmp, format="PNG")
-    atomic_write_json(out / "metrics.json", {"metrics": metrics, **meta})
-    write_html(out / "index.html", records, metrics, meta)
+    write_report(out, records, metrics, meta)
     return {"metrics": metrics, **meta, "out": str(out)}
 
 

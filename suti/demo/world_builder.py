@@ -58,13 +58,12 @@ class WorldExpert:
 
             self.dreambooth = DreamBoothExpert(**{"seed": seed, **dreambooth})
         self.dreambooth_clusters = dreambooth_clusters
-        self.rendered, self.no_subject, self._dreambooth_ids = Counter(), 0, []
+        self.rendered, self.no_subject, self._dreambooth_ids = Counter(), 0, set()
 
     def render(self, cluster: Cluster, exemplars: list[int], prompts: list[Prompt]) -> list[Target]:
-        if self.dreambooth is not None and (cluster.cluster_id in self._dreambooth_ids
-                                            or len(self._dreambooth_ids) < self.dreambooth_clusters):
-            if cluster.cluster_id not in self._dreambooth_ids:
-                self._dreambooth_ids.append(cluster.cluster_id)
+        if self.dreambooth is not None and len(self._dreambooth_ids) < self.dreambooth_clusters:
+            self._dreambooth_ids.add(cluster.cluster_id)  # the first clusters seen go to DreamBooth
+        if cluster.cluster_id in self._dreambooth_ids:
             targets = self.dreambooth.render(cluster, exemplars, prompts)
             self.rendered[self.dreambooth.name] += len(targets)
             return targets

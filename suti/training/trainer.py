@@ -40,7 +40,7 @@ from ..cascade import Stage, convert_to_context_stage
 from ..checkpoint import load_stage, load_tensors, load_weights_strict, save_stage
 from ..config import StageConfig
 from ..context import Exemplars
-from ..presets import preset
+from ..presets import preset, with_context
 from . import state as S
 from .config import TrainConfig
 from .data import BatchStream, DataError, DataPosition, SkipStats, make_loader
@@ -274,15 +274,14 @@ class Trainer:
         else:
             raise ValueError("training config: set stage.preset, stage.config or init_from")
         d = _deep_merge(d, spec.overrides)
-        if cfg.data.task == "in_context" and spec.context_levels is not None:
-            levels = len(d["unet"]["channel_mults"])  # a new dict: the caller's config stays as it was
-            d["unet"] = {**d["unet"], "context_attention": list(self._context_flags(levels)),
-                         "middle_context_attention": True}
         if spec.name:
             d["name"] = spec.name
         elif spec.config is None:
             d["name"] = "base" if d.get("lowres_size") is None else f"sr{d['unet']['image_size']}"
-        return Stage(StageConfig.from_dict(d)).train()
+        stage_cfg = StageConfig.from_dict(d)
+        if cfg.data.task == "in_context" and spec.context_levels is not None:
+            stage_cfg = with_context(stage_cfg, self._context_flags(stage_cfg.unet.num_levels))
+        return Stage(stage_cfg).train()
 
     def _context_flags(self, num_levels: int) -> tuple | None:
         """stage.context_levels as one flag per U-Net level (None: the conversion's default, the lowest level)."""
