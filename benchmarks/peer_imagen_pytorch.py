@@ -6,9 +6,14 @@ embeddings of 16 tokens, self- and cross-attention at the two lowest-resolution 
 a training batch of 8 (loss, backward, AdamW), and sampling of 2 images with classifier-free guidance 5 and
 dynamic thresholding over 50 steps (SuTI: DDIM; imagen-pytorch: its ancestral sampler with 50 timesteps).
 
+SuTI runs three ways: at its defaults (``suti``); with the Trainer's options ``channels_last: true`` and
+``optim.implementation: fused`` (``suti_fast``); and with those and ``compile: true`` (``suti_compiled``,
+which compiles in every round's fresh process, a minute or two each; ``--sides`` leaves it out).
+imagen-pytorch runs as it ships.
+
 Each measurement is a fresh process (one side, one size: warm-up, a timed training block, a timed sampling
-call). The two sides alternate, round after round, and the report gives medians and the median of the
-per-round ratios, so a change of load on the machine hits both alike. OpenMP threads wait passively.
+call). The sides take turns going first, round after round, and the report gives medians and the median of
+the per-round ratios, so a change of load on the machine hits them alike. OpenMP threads wait passively.
 
 imagen-pytorch lives in its own virtual environment, never in this project's. Reusing this environment's
 torch (``--system-site-packages``) runs both sides on the same torch build, and this project's package is
@@ -42,7 +47,12 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+# The project's root before this folder: benchmarks/retrieval.py would otherwise shadow the retrieval package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 OUT = Path(__file__).parent / "results" / "peer_imagen_pytorch.json"
+# suti_fast: the Trainer's channels_last and fused AdamW options; suti_compiled: those and torch.compile
+SIDES = ("suti", "suti_fast", "suti_compiled", "imagen")
 IMAGE, TEXT_DIM, TOKENS, BATCH, GUIDANCE = 64, 64, 16, 8, 5.0
 ATTN = (False, False, True, True)
 SIZES = {
@@ -73,35 +83,49 @@ def inputs(torch, batch: int, seed: int = 0):
 
 # ----------------------------------------------------------------------------- one side, one size
 def time_both(train_step, sample, train_steps: int, sample_steps: int) -> dict:
-    """Warm-up (one training step, a one-step sample), then a timed training block and a timed sampling call."""
+    """Warm-up (one training step, a one-step sample), then a timed training block and a timed sampling call.
+    The warm-up's own time is reported too: for a compiled model it is mostly compiling."""
+    t0 = time.perf_counter()
     train_step()
     sample(1)
+    warmup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(train_steps):
         train_step()
     train_s = (time.perf_counter() - t0) / train_steps
     t0 = time.perf_counter()
     sample(sample_steps)
-    return {"train_step_s": train_s, "sample_s_per_image": (time.perf_counter() - t0) / 2}
+    return {"train_step_s": train_s, "sample_s_per_image": (time.perf_counter() - t0) / 2, "warmup_s": warmup_s}
 
 
-def measure_suti(size: str, train_steps: int, sample_steps: int) -> dict:
+def measure_suti(size: str, train_steps: int, sample_steps: int, fast: bool = False, compile: bool = False) -> dict:
+    """SuTI's stage at its defaults, or (``fast``) with the Trainer's speed options channels_last weights and
+    images and fused AdamW (``channels_last: true``, ``optim.implementation: fused``), and (``compile``) also
+    ``compile: true``, the U-Net compiled in place as the Trainer does."""
     import torch
 
     from suti.cascade import Stage
     from suti.config import DiffusionConfig, StageConfig, UNetConfig
     from suti.sampling import Guidance
+    from suti.training.config import OptimSpec
+    from suti.training.trainer import StageLoss, build_optimizer
 
     torch.manual_seed(0)
     unet = UNetConfig(image_size=IMAGE, text_embed_dim=TEXT_DIM, self_attention=ATTN, cross_attention=ATTN,
                       head_dim=32, **SIZES[size]["suti"])
     stage = Stage(StageConfig(name="base", unet=unet, diffusion=DiffusionConfig(), lowres_size=None))
     images, text, mask = inputs(torch, BATCH)
-    opt = torch.optim.AdamW(stage.parameters(), lr=1e-4)
+    if fast:
+        stage.to(memory_format=torch.channels_last)
+    if compile:
+        stage.unet.compile()
+    opt = build_optimizer(stage, OptimSpec(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01,
+                                           implementation="fused" if fast else "auto"))
+    loss_fn = StageLoss(stage, channels_last=fast)
 
     def train_step():
         stage.train()
-        loss = stage.training_loss(images * 2 - 1, text, mask)
+        loss = loss_fn(images * 2 - 1, text, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -112,7 +136,8 @@ def measure_suti(size: str, train_steps: int, sample_steps: int) -> dict:
                      sampler="ddim", threshold="dynamic")
 
     out = time_both(train_step, sample, train_steps, sample_steps)
-    out.update(params=stage.unet.num_parameters(), sampler=f"ddim-{sample_steps}", peak_mb=own_peak_mb())
+    out.update(params=stage.unet.num_parameters(), sampler=f"ddim-{sample_steps}", peak_mb=own_peak_mb(),
+               options=("channels_last, fused AdamW" if fast else "defaults") + (", torch.compile" if compile else ""))
     return out
 
 
@@ -176,6 +201,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES),
+                    help="suti_compiled compiles in every round's fresh process (a minute or two each)")
     ap.add_argument("--train-steps", type=int, default=10, help="training steps per timed block")
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -184,7 +211,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1 training step, 2 sampling steps; "
                                                          "writes peer_imagen_pytorch_quick.json unless --out is given")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--child", choices=["suti", "imagen"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=list(SIDES), help=argparse.SUPPRESS)
     ap.add_argument("--size", choices=list(SIZES), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
@@ -194,8 +221,12 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.threads)
-        fn = measure_suti if args.child == "suti" else measure_imagen
-        print(json.dumps(fn(args.size, args.train_steps, args.sample_steps)))
+        if args.child == "imagen":
+            out = measure_imagen(args.size, args.train_steps, args.sample_steps)
+        else:
+            out = measure_suti(args.size, args.train_steps, args.sample_steps, fast=args.child != "suti",
+                               compile=args.child == "suti_compiled")
+        print(json.dumps(out))
         return
 
     for side, python, module in (("suti", args.suti_python, "suti"), ("imagen", args.imagen_python, "imagen_pytorch")):
@@ -206,12 +237,16 @@ def main(argv=None):
     out = Path(args.out or (OUT.with_name("peer_imagen_pytorch_quick.json") if args.quick else OUT))
     common = ["--train-steps", str(args.train_steps), "--sample-steps", str(args.sample_steps),
               "--threads", str(args.threads)]
-    runs = {size: {"suti": [], "imagen": []} for size in args.sizes}
+    chosen = [s for s in SIDES if s in args.sides]
+    if "imagen" not in chosen:
+        raise SystemExit("--sides must include imagen: every ratio is against it")
+    ours = [s for s in chosen if s != "imagen"]
+    runs = {size: {side: [] for side in chosen} for size in args.sizes}
     plan = [(r, size) for r in range(args.rounds) for size in args.sizes]
     for r, size in tqdm(plan, desc="rounds x sizes"):
-        order = ("suti", "imagen") if r % 2 == 0 else ("imagen", "suti")  # alternate who goes first
+        order = chosen[r % len(chosen):] + chosen[:r % len(chosen)]  # rotate who goes first
         for side in order:
-            python = args.suti_python if side == "suti" else args.imagen_python
+            python = args.suti_python if side != "imagen" else args.imagen_python
             proc = subprocess.run([python, __file__, "--child", side, "--size", size, *common],
                                   capture_output=True, text=True)
             if proc.returncode:
@@ -228,23 +263,31 @@ def main(argv=None):
                   "sample_images_per_call": 2, "guidance": GUIDANCE, "rounds": args.rounds, "quick": args.quick,
                   "configs": {s: SIZES[s] for s in args.sizes}},
         "sizes": {},
-        "notes": {"training_speed_ratio": "imagen-pytorch step time / SuTI step time, median of per-round ratios "
-                                          "(>1: SuTI trains faster)",
-                  "sampling_time_ratio": "SuTI sampling time / imagen-pytorch sampling time, median of per-round "
-                                         "ratios (<1: SuTI samples faster)"},
+        "notes": {"sides": "suti: defaults, plain AdamW; suti_fast: the Trainer's channels_last and fused AdamW; "
+                           "suti_compiled: those and torch.compile (compile time in warmup_s); imagen-pytorch as "
+                           "it ships, plain AdamW",
+                  "training_speed_ratio": "per SuTI side: imagen-pytorch step time / SuTI step time, median of "
+                                          "per-round ratios (>1: SuTI trains faster)",
+                  "sampling_time_ratio": "per SuTI side: SuTI sampling time / imagen-pytorch sampling time, median "
+                                         "of per-round ratios (<1: SuTI samples faster)",
+                  "warmup_s": "one training step and a one-step sample before the timed work (compiling, for "
+                              "suti_compiled)"},
     }
     for size, sides in runs.items():
         med = lambda side, k: statistics.median(r[k] for r in sides[side])  # noqa: E731
-        pairs = list(zip(sides["suti"], sides["imagen"]))
+        per_side = lambda k: {("imagen_pytorch" if side == "imagen" else side): med(side, k)  # noqa: E731
+                              for side in chosen}
+        # Ratios within each round (the sides ran back to back), then the median over rounds.
+        ratio = lambda side, k, inv=False: statistics.median(  # noqa: E731
+            (i[k] / s[k]) if not inv else (s[k] / i[k]) for s, i in zip(sides[side], sides["imagen"]))
         result["sizes"][size] = {
-            "params": {"suti": sides["suti"][0]["params"], "imagen_pytorch": sides["imagen"][0]["params"]},
-            "train_step_s": {"suti": med("suti", "train_step_s"), "imagen_pytorch": med("imagen", "train_step_s")},
-            "sample_s_per_image": {"suti": med("suti", "sample_s_per_image"),
-                                   "imagen_pytorch": med("imagen", "sample_s_per_image")},
-            "peak_mb": {"suti": med("suti", "peak_mb"), "imagen_pytorch": med("imagen", "peak_mb")},
-            "training_speed_ratio": statistics.median(i["train_step_s"] / s["train_step_s"] for s, i in pairs),
-            "sampling_time_ratio": statistics.median(s["sample_s_per_image"] / i["sample_s_per_image"]
-                                                     for s, i in pairs),
+            "params": {"suti": sides[ours[0]][0]["params"], "imagen_pytorch": sides["imagen"][0]["params"]},
+            "train_step_s": per_side("train_step_s"),
+            "sample_s_per_image": per_side("sample_s_per_image"),
+            "peak_mb": per_side("peak_mb"),
+            "warmup_s": per_side("warmup_s"),
+            "training_speed_ratio": {side: ratio(side, "train_step_s") for side in ours},
+            "sampling_time_ratio": {side: ratio(side, "sample_s_per_image", inv=True) for side in ours},
             "imagen_pytorch_version": sides["imagen"][0].get("imagen_pytorch"),
             "rounds": sides,
         }
